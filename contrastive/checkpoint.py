@@ -1,0 +1,149 @@
+"""Checkpoints: weights in safetensors, training state via `torch.load(weights_only=True)`, metadata in JSON.
+
+A checkpoint is a directory `<run>/checkpoints/step_XXXXXXXX/` holding
+  model.safetensors   the model's weights (no code, no pickle)
+  state.pt            optimizer, scaler, RNG states (tensors and plain containers only; loaded weights-only)
+  meta.json           step, epoch, position in the epoch, config, tokenizer spec
+  tokenizer.json      the tokenizer, for built-in tokenizers
+It is written into a temporary directory, fsynced and renamed into place, so a crash mid-write leaves the previous
+checkpoint intact; `latest` (a one-line text file) is replaced atomically after the rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.pt", "meta.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete or unsafe (reported in one line)."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for f in path.iterdir():
+        if f.is_file():
+            with f.open("rb+") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def state_dict_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Contiguous, untied copies (safetensors refuses shared storage)."""
+    out = {}
+    seen: dict[int, str] = {}
+    for k, v in model.state_dict().items():
+        key = v.data_ptr()
+        out[k] = v.detach().clone().contiguous() if key in seen else v.detach().contiguous()
+        seen.setdefault(key, k)
+    return out
+
+
+def save_checkpoint(directory: Path, model: torch.nn.Module, state: dict[str, Any], meta: dict[str, Any],
+                    extra_files: dict[str, str] | None = None) -> Path:
+    """Write a checkpoint directory atomically; returns its final path."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    try:
+        save_file(state_dict_for_save(model), str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        torch.save(state, tmp / STATE_FILE)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        _fsync_tree(tmp)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+        _fsync_dir(directory.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(directory.parent / "latest", directory.name + "\n")
+    return directory
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (path / MODEL_FILE).is_file() and (path / META_FILE).is_file()
+
+
+def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    if not checkpoint_dir.is_dir():
+        return []
+    return sorted((p for p in checkpoint_dir.iterdir() if p.name.startswith("step_") and is_checkpoint(p)), key=lambda p: p.name)
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The checkpoint named in `latest`, else the highest complete step directory."""
+    pointer = checkpoint_dir / "latest"
+    if pointer.is_file():
+        candidate = checkpoint_dir / pointer.read_text().strip()
+        if is_checkpoint(candidate):
+            return candidate
+    found = list_checkpoints(checkpoint_dir)
+    return found[-1] if found else None
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / META_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable {META_FILE} ({e})") from None
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path / MODEL_FILE))
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{path / MODEL_FILE}: not a readable safetensors file ({e})") from None
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Training state, loaded weights-only: a pickled object that would run code is refused."""
+    try:
+        return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path / STATE_FILE}: refused or unreadable ({str(e).splitlines()[0][:200]})") from None
+
+
+def prune_checkpoints(checkpoint_dir: Path, keep: int, protect: set[str] = frozenset()) -> None:
+    """Delete all but the newest `keep` checkpoints (and any in `protect`, e.g. the best)."""
+    found = list_checkpoints(checkpoint_dir)
+    for p in found[: max(len(found) - keep, 0)]:
+        if p.name not in protect:
+            shutil.rmtree(p, ignore_errors=True)

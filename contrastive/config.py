@@ -1,0 +1,372 @@
+"""Typed run configuration: nested dataclasses loaded from YAML, then `key.sub=value` overrides.
+
+Every field has a default and a one-line doc (the comment after it). Unknown keys and values of the wrong type are
+user errors: they raise `ConfigError` with one line naming the key (and the closest valid key), which the CLI turns
+into exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file or override (reported in one line, exit code 2)."""
+
+
+@dataclass
+class ModelConfig:
+    image_encoder: str = "vit_tiny"  # registry name (see `contrastive.list_encoders()`), or hf:/timm:/torchvision: spec
+    text_encoder: str = "text_tiny"  # registry name, or hf:<dir or id>
+    embed_dim: int = 128  # width of the shared embedding space
+    image_size: int = 64  # input resolution of the image tower
+    tokenizer: str = "byte"  # "byte" (offline byte-level), "bpe:<tokenizer.json>", or "hf:<dir or id>"
+    context_length: int = 64  # tokens per caption, including start/end tokens; longer captions are truncated
+    init_logit_scale: float = math.log(1 / 0.07)  # log of the initial temperature scale
+    init_logit_bias: float | None = None  # initial logit bias; None = no bias parameter (set for siglip)
+    image_encoder_args: dict[str, Any] = field(default_factory=dict)  # overrides passed to the image encoder builder
+    text_encoder_args: dict[str, Any] = field(default_factory=dict)  # overrides passed to the text encoder builder
+    image_mean: list[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])  # pixel mean
+    image_std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])  # pixel std
+    init_from: str = ""  # checkpoint, run directory or HF directory whose weights initialise the model
+
+
+@dataclass
+class LossConfig:
+    name: str = "clip"  # "clip" (softmax, symmetric CE) or "siglip" (pairwise sigmoid)
+    duplicate_aware: bool = True  # identical captions/images in a batch count as positives, not negatives
+    chunk_size: int = 0  # > 0: exact tiled loss that never holds the B x B logits
+    local_loss: bool = True  # distributed: each rank scores its rows against all gathered columns
+
+
+@dataclass
+class DataConfig:
+    train: str = "data/shapes/train.csv"  # training data: CSV/TSV/JSONL file, HF dataset dir, or shard pattern
+    val: str = "data/shapes/val.csv"  # held-out data for evaluation during training ("" = none)
+    format: str = ""  # csv | tsv | jsonl | hf | webdataset; detected from the path when empty
+    image_key: str = "image"  # column with image paths (relative to the data file)
+    caption_key: str = "caption"  # column with the caption (or a list of captions)
+    num_workers: int = 2  # dataloader worker processes
+    augment: bool = True  # random resized crop (and mild colour-free jitter) for training images
+    crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])  # RandomResizedCrop scale range
+    on_bad_sample: str = "skip"  # skip (count and replace) | error (stop at the first)
+    max_bad_fraction: float = 0.1  # stop when more than this fraction of samples seen are bad
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4  # peak learning rate
+    weight_decay: float = 0.2  # AdamW decoupled weight decay (not on biases, norms, embeddings, temperature)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # AdamW betas
+    eps: float = 1e-6  # AdamW epsilon
+    warmup_steps: int = 50  # linear warmup steps
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    grad_clip: float = 1.0  # max global gradient norm (0 = off)
+    fused: bool = True  # fused AdamW kernel where the device supports it
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 128  # global batch (all ranks, all micro-batches)
+    micro_batch_size: int = 0  # > 0: gradient caching with micro-batches of this size
+    epochs: int = 10  # epochs to run when max_steps <= 0
+    max_steps: int = 0  # > 0: total optimizer steps (overrides epochs)
+    output_dir: str = "runs"  # parent folder of run directories
+    run_name: str = ""  # run directory name under output_dir; empty = <config name>-<timestamp>
+    seed: int = 0  # seed for weights, data order and augmentation
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp32 master weights)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    resume: bool = False  # continue from the latest checkpoint of the run (fresh start if none)
+    overwrite: bool = False  # replace an existing run directory
+    log_every_n_steps: int = 10  # metrics.jsonl / TensorBoard / progress bar refresh period
+    save_every_n_steps: int = 0  # checkpoint period in steps (0 = only at the end)
+    keep_checkpoints: int = 2  # most recent checkpoints kept (plus the best by eval metric)
+    compile: bool = False  # torch.compile the model and loss
+    deterministic: bool = True  # deterministic algorithms (CPU runs are exactly reproducible)
+    grad_checkpointing: bool = False  # recompute tower activations in the backward pass
+    progress_bar: bool = True  # tqdm progress bar
+
+
+@dataclass
+class EvalConfig:
+    every_n_steps: int = 0  # evaluate on data.val every N steps (0 = only at the end when data.val is set)
+    tasks: list[str] = field(default_factory=lambda: ["retrieval"])  # retrieval and/or zeroshot
+    batch_size: int = 256  # images per embedding batch
+    zeroshot_class_key: str = ""  # column holding the class for zero-shot accuracy
+    best_metric: str = "text_retrieval_recall@1"  # metric that picks the best checkpoint
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    name: str = "run"  # config name (the YAML file stem); names runs by default
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# checks of combinations (single values are checked by type casting)
+
+_CHOICES = {
+    "loss.name": ("clip", "siglip"),
+    "train.precision": ("fp32", "bf16", "fp16"),
+    "data.on_bad_sample": ("skip", "error"),
+    "data.format": ("", "csv", "tsv", "jsonl", "hf", "webdataset"),
+}
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError on values or combinations that cannot run."""
+    for key, choices in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(repr(c) for c in choices)}")
+    t, o = cfg.train, cfg.optim
+    positive = {
+        "train.batch_size": t.batch_size,
+        "model.embed_dim": cfg.model.embed_dim,
+        "model.image_size": cfg.model.image_size,
+        "model.context_length": cfg.model.context_length,
+        "eval.batch_size": cfg.eval.batch_size,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+    if cfg.loss.chunk_size < 0:
+        raise ConfigError(f"loss.chunk_size must be > 0 (or 0 for the plain loss), got {cfg.loss.chunk_size}")
+    if t.micro_batch_size < 0 or t.micro_batch_size > t.batch_size:
+        raise ConfigError(
+            f"train.micro_batch_size={t.micro_batch_size} must be between 1 and train.batch_size={t.batch_size} (or 0)"
+        )
+    if t.max_steps <= 0 and t.epochs <= 0:
+        raise ConfigError("set train.max_steps > 0 or train.epochs > 0")
+    if o.lr < 0 or o.weight_decay < 0 or o.grad_clip < 0 or o.warmup_steps < 0:
+        raise ConfigError("optim.lr, optim.weight_decay, optim.grad_clip and optim.warmup_steps must be >= 0")
+    if not 0.0 <= o.min_lr_ratio <= 1.0:
+        raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+        raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
+    if not 0.0 <= cfg.data.max_bad_fraction <= 1.0:
+        raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {cfg.data.max_bad_fraction}")
+    if len(cfg.data.crop_scale) != 2 or not 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1:
+        raise ConfigError(f"data.crop_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {cfg.data.crop_scale}")
+    for n in ("image_mean", "image_std"):
+        if len(getattr(cfg.model, n)) != 3:
+            raise ConfigError(f"model.{n} must have 3 values")
+    if cfg.loss.name == "siglip" and cfg.model.init_logit_bias is None:
+        raise ConfigError("loss.name=siglip needs model.init_logit_bias (the paper uses -10 with init_logit_scale 2.3026)")
+    for task in cfg.eval.tasks:
+        if task not in ("retrieval", "zeroshot"):
+            raise ConfigError(f"eval.tasks: unknown task {task!r} (use retrieval and/or zeroshot)")
+    if "zeroshot" in cfg.eval.tasks and not cfg.eval.zeroshot_class_key:
+        raise ConfigError("eval.tasks has zeroshot but eval.zeroshot_class_key (the class column) is empty")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# building from dicts, YAML and overrides
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    keys = []
+    for name, tp in _field_types(cls).items():
+        if dataclasses.is_dataclass(tp):
+            keys += _all_keys(tp, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _unknown_key(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.5)
+    if not close:  # a typo in the leaf name: compare leaves only
+        leaf = key.rsplit(".", 1)[-1]
+        leaves = {k.rsplit(".", 1)[-1]: k for k in _all_keys()}
+        match = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)
+        close = [leaves[match[0]]] if match else []
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _cast(key: str, value: Any, tp: Any) -> Any:
+    """Cast a YAML/CLI value to the field type `tp`, or raise ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _cast(key, value, inner[0])
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                as_float = float(value)
+            except ValueError:
+                pass
+            else:
+                if as_float.is_integer() and abs(as_float) < 2**63:
+                    return int(as_float)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if math.isfinite(value):
+                return float(value)
+        elif isinstance(value, str):
+            try:
+                out = float(value)
+            except ValueError:
+                pass
+            else:
+                if math.isfinite(out):
+                    return out
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif origin is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if isinstance(value, (list, tuple)):
+            return [_cast(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass
+        if isinstance(value, dict):
+            return dict(value)
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return _build(tp, value, prefix=f"{key}.")
+    tname = getattr(tp, "__name__", str(tp))
+    raise ConfigError(f"config key '{key}' expects {tname}, got {value!r}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    types_ = _field_types(cls)
+    kwargs = {}
+    for k, v in values.items():
+        if k not in types_:
+            raise _unknown_key(f"{prefix}{k}")
+        kwargs[k] = _cast(f"{prefix}{k}", v, types_[k])
+    if cls is Config:
+        return Config(**kwargs)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"config key '{key}': '{part}' is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`["optim.lr=5e-4", "train.max_steps=200"]` -> nested dict of raw (string) values."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.sub=value")
+        key, value = item.split("=", 1)
+        key = key.strip().lstrip("-")
+        if not key:
+            raise ConfigError(f"override '{item}' has an empty key")
+        _check_key(key)
+        _set_dotted(tree, key, value)
+    return tree
+
+
+def _check_key(key: str) -> None:
+    cls: Any = Config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        types_ = _field_types(cls)
+        if part not in types_:
+            raise _unknown_key(key)
+        tp = types_[part]
+        if dataclasses.is_dataclass(tp):
+            if i == len(parts) - 1:
+                raise ConfigError(f"config key '{key}' is a section; set one of its fields, e.g. '{key}.{next(iter(_field_types(tp)))}'")
+            cls = tp
+        elif i < len(parts) - 1 and typing.get_origin(tp) is not dict:
+            raise _unknown_key(key)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    if not isinstance(values, dict):
+        raise ConfigError("a config must be a mapping of sections (model, loss, data, optim, train, eval)")
+    return _build(Config, values)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when `path` is None) and apply dotted overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections (model, loss, data, optim, train, eval)")
+        values = loaded
+        values.setdefault("name", path.stem)
+    values = _merge(values, parse_overrides(overrides or []))
+    return config_from_dict(values)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

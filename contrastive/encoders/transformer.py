@@ -1,0 +1,92 @@
+"""Pre-norm transformer blocks shared by the built-in towers.
+
+Module and parameter names follow transformers' CLIP layout (`self_attn.q_proj`, `layer_norm1`, `mlp.fc1`, ...)
+so that built-in towers map one-to-one onto `CLIPModel` weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.q_proj = nn.Linear(width, width)
+        self.k_proj = nn.Linear(width, width)
+        self.v_proj = nn.Linear(width, width)
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        B, T, C = x.shape
+        # (B, T, C) -> (B, heads, T, C // heads)
+        q, k, v = (p(x).view(B, T, self.heads, C // self.heads).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, hidden: int, act: str = "gelu") -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc1(x)
+        x = x * torch.sigmoid(1.702 * x) if self.act == "quick_gelu" else F.gelu(x)
+        return self.fc2(x)
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, act: str = "gelu", eps: float = 1e-5) -> None:
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(width, eps=eps)
+        self.self_attn = Attention(width, heads)
+        self.layer_norm2 = nn.LayerNorm(width, eps=eps)
+        self.mlp = MLP(width, int(width * mlp_ratio), act)
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x), causal=causal)
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class Encoder(nn.Module):
+    """A stack of blocks (`encoder.layers.N.*` in transformers' naming)."""
+
+    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, act: str = "gelu") -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([Block(width, heads, mlp_ratio, act) for _ in range(layers)])
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        for layer in self.layers:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, causal, use_reentrant=False)
+            else:
+                x = layer(x, causal=causal)
+        return x
+
+
+def init_transformer_(encoder: Encoder, width: int) -> None:
+    """Scaled normal init (as in CLIP): residual projections shrink with depth."""
+    layers = len(encoder.layers)
+    attn_std = width**-0.5
+    proj_std = width**-0.5 * (2 * layers) ** -0.5
+    fc_std = (2 * width) ** -0.5
+    for block in encoder.layers:
+        for p in (block.self_attn.q_proj, block.self_attn.k_proj, block.self_attn.v_proj):
+            nn.init.normal_(p.weight, std=attn_std)
+            nn.init.zeros_(p.bias)
+        nn.init.normal_(block.self_attn.out_proj.weight, std=proj_std)
+        nn.init.zeros_(block.self_attn.out_proj.bias)
+        nn.init.normal_(block.mlp.fc1.weight, std=fc_std)
+        nn.init.zeros_(block.mlp.fc1.bias)
+        nn.init.normal_(block.mlp.fc2.weight, std=proj_std)
+        nn.init.zeros_(block.mlp.fc2.bias)

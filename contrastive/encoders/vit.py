@@ -1,0 +1,74 @@
+"""Vision Transformer in CLIP's form: patch embedding, class token, pre-norm blocks, class-token pooling."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .registry import register_encoder
+from .transformer import Encoder, init_transformer_
+
+
+class VisionEmbeddings(nn.Module):
+    def __init__(self, image_size: int, patch_size: int, width: int) -> None:
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
+        self.patch_embedding = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.class_embedding = nn.Parameter(torch.randn(width) * width**-0.5)
+        self.num_positions = (image_size // patch_size) ** 2 + 1
+        self.position_embedding = nn.Embedding(self.num_positions, width)
+        nn.init.normal_(self.position_embedding.weight, std=width**-0.5)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embedding(pixels)  # (B, C, H/p, W/p)
+        x = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1)  # (B, N + 1, C)
+        return x + self.position_embedding.weight.to(x.dtype)
+
+
+class VisionTransformer(nn.Module):
+    """(B, 3, H, W) pixels -> (B, width) pooled features (post-norm of the class token)."""
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        patch_size: int = 32,
+        width: int = 768,
+        layers: int = 12,
+        heads: int = 12,
+        mlp_ratio: float = 4.0,
+        act: str = "gelu",
+    ) -> None:
+        super().__init__()
+        self.image_size, self.patch_size, self.width = image_size, patch_size, width
+        self.num_layers, self.heads, self.mlp_ratio, self.act = layers, heads, mlp_ratio, act
+        self.embeddings = VisionEmbeddings(image_size, patch_size, width)
+        self.pre_layrnorm = nn.LayerNorm(width, eps=1e-5)  # transformers' (misspelt) name, kept for weight mapping
+        self.encoder = Encoder(width, layers, heads, mlp_ratio, act)
+        self.post_layernorm = nn.LayerNorm(width, eps=1e-5)
+        init_transformer_(self.encoder, width)
+
+    @property
+    def output_dim(self) -> int:
+        return self.width
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.pre_layrnorm(self.embeddings(pixels))  # (B, N + 1, C)
+        x = self.encoder(x)
+        return self.post_layernorm(x[:, 0])  # (B, C)
+
+
+def _vit(**defaults):
+    def build(**overrides) -> VisionTransformer:
+        return VisionTransformer(**{**defaults, **overrides})
+
+    return build
+
+
+register_encoder("vit_tiny", "image", _vit(image_size=64, patch_size=8, width=192, layers=4, heads=3))
+register_encoder("vit_small_p16", "image", _vit(image_size=224, patch_size=16, width=384, layers=12, heads=6))
+register_encoder("vit_b32", "image", _vit(image_size=224, patch_size=32, width=768, layers=12, heads=12))
+register_encoder("vit_b16", "image", _vit(image_size=224, patch_size=16, width=768, layers=12, heads=12))
+register_encoder("vit_l14", "image", _vit(image_size=224, patch_size=14, width=1024, layers=24, heads=16))

@@ -1,0 +1,367 @@
+"""The training loop: config in, run directory out.
+
+Read top to bottom: set up (devices, run directory, model, data, optimizer), optionally resume, then loop over
+steps: lr from a pure schedule, one `train_step`, periodic logging / evaluation / checkpointing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from contextlib import nullcontext
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import (
+    latest_checkpoint,
+    load_state,
+    load_weights,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from .config import Config, ConfigError, config_to_dict, save_config
+from .data import ImageTextDataset, build_train_loader, build_transform, read_records
+from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_object, cleanup, init_distributed
+from .evaluate import autocast_context, evaluate_records
+from .factory import create_model
+from .losses import LOSSES
+from .model import ContrastiveModel
+from .optim import build_optimizer, lr_at, param_groups, set_lr
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or continue for a reason the user can fix (reported in one line)."""
+
+
+def resolve_device(spec: str, info: DistInfo) -> torch.device:
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device asks for CUDA but no GPU is visible")
+        if device.index is None:
+            device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def resolve_run_dir(cfg: Config) -> Path:
+    """`output_dir/run_name`; without a run name: `<config>-<time>` (resume: the newest `<config>-*` run)."""
+    root = Path(cfg.train.output_dir)
+    if cfg.train.run_name:
+        return root / cfg.train.run_name
+    if cfg.train.resume:
+        previous = sorted(p for p in root.glob(f"{cfg.name}-*") if p.is_dir())
+        if previous:
+            return previous[-1]
+    return root / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()) and not (cfg.train.resume or cfg.train.overwrite):
+        raise ConfigError(
+            f"run directory {run_dir} already exists; pass train.resume=true to continue it, "
+            "train.overwrite=true to replace it, or another train.run_name"
+        )
+    if run_dir.exists() and cfg.train.overwrite and not cfg.train.resume:
+        import shutil
+
+        shutil.rmtree(run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_pos": random.getstate()[2]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(int(x) for x in state["python"]), state["python_pos"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# one step
+
+
+def compute_loss(model: nn.Module, batch: dict[str, Any], cfg: Config) -> torch.Tensor:
+    """Forward both towers on the batch and return the contrastive loss (a 0-dim tensor)."""
+    out = model(batch["pixels"], batch["tokens"])
+    ids = {"image_ids": batch["image_ids"], "text_ids": batch["text_ids"]} if cfg.loss.duplicate_aware else {}
+    chunk = cfg.loss.chunk_size or None
+    return LOSSES[cfg.loss.name](out.image_embeds, out.text_embeds, out.logit_scale, out.logit_bias, chunk_size=chunk, **ids)
+
+
+def unwrap(model: nn.Module) -> ContrastiveModel:
+    return model.module if hasattr(model, "module") else model
+
+
+def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               cfg: Config, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step; returns (loss, grad norm) as device tensors (no host sync)."""
+    with autocast_context(device, cfg.train.precision):
+        loss = compute_loss(model, batch, cfg)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    params = [p for p in model.parameters() if p.grad is not None]
+    if cfg.optim.grad_clip > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+    else:
+        grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    unwrap(model).clamp_logit_scale_()
+    return loss.detach(), grad_norm.detach()
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    def move(x):
+        if isinstance(x, torch.Tensor):
+            return x.to(device, non_blocking=True)
+        if isinstance(x, dict):
+            return {k: move(v) for k, v in x.items()}
+        return x
+
+    return {k: move(v) for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# logging
+
+
+class MetricsLogger:
+    """metrics.jsonl + TensorBoard on the main process; a no-op elsewhere."""
+
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.file = (run_dir / "metrics.jsonl").open("a") if enabled else None
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:  # tensorboard is a dependency, but a broken install must not stop training
+                self.tb = None
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps({"step": step, **values}) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the run
+
+
+@dataclasses.dataclass
+class Progress:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch
+    batch_in_epoch: int = 0  # global batches of this epoch already consumed
+    best_metric: float = -math.inf
+    best_checkpoint: str = ""
+
+
+def _checkpoint(run_dir: Path, model: nn.Module, optimizer, scaler, progress: Progress, cfg: Config, tokenizer) -> Path:
+    state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state()}
+    meta = {
+        "step": progress.step,
+        "epoch": progress.epoch,
+        "batch_in_epoch": progress.batch_in_epoch,
+        "samples_seen": progress.step * cfg.train.batch_size,
+        "best_metric": progress.best_metric if math.isfinite(progress.best_metric) else None,
+        "best_checkpoint": progress.best_checkpoint,
+        "config": config_to_dict(cfg),
+        "format_version": 1,
+    }
+    extra = {}
+    if hasattr(tokenizer, "tokenizer") and hasattr(tokenizer.tokenizer, "to_str"):
+        extra["tokenizer.json"] = tokenizer.tokenizer.to_str()
+    path = save_checkpoint(run_dir / "checkpoints" / f"step_{progress.step:08d}", unwrap(model), state, meta, extra)
+    prune_checkpoints(run_dir / "checkpoints", cfg.train.keep_checkpoints, protect={progress.best_checkpoint})
+    return path
+
+
+def _restore(ckpt: Path, model: ContrastiveModel, optimizer, scaler, progress: Progress) -> None:
+    from .checkpoint import read_meta
+
+    meta = read_meta(ckpt)
+    model.load_state_dict(load_weights(ckpt))
+    state = load_state(ckpt)
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    progress.step, progress.epoch, progress.batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
+    progress.best_metric = meta.get("best_metric") if meta.get("best_metric") is not None else -math.inf
+    progress.best_checkpoint = meta.get("best_checkpoint", "")
+
+
+def init_weights_from(model: ContrastiveModel, source: str) -> None:
+    """Initialise from another run/checkpoint (or an HF directory where a loader is registered)."""
+    from .factory import load
+
+    other, _, _ = load(source)
+    missing, unexpected = model.load_state_dict(other.state_dict(), strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"model.init_from={source}: weights do not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def train(cfg: Config) -> Path:
+    """Run training as configured; returns the run directory."""
+    info = init_distributed("cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu")
+    try:
+        return _train(cfg, info)
+    finally:
+        cleanup(info)
+
+
+def _train(cfg: Config, info: DistInfo) -> Path:
+    t = cfg.train
+    device = resolve_device(t.device, info)
+    if t.batch_size % info.world_size:
+        raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by the {info.world_size} processes")
+    if t.deterministic and device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    run_dir = broadcast_object(resolve_run_dir(cfg) if info.is_main else None, info)
+    if info.is_main:
+        prepare_run_dir(cfg, run_dir)
+    barrier(info)
+
+    seed_everything(t.seed)
+    model, tokenizer = create_model(cfg.model)
+    if cfg.model.init_from:
+        init_weights_from(model, cfg.model.init_from)
+    if t.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    model.to(device)
+
+    records = read_records(cfg.data.train, cfg.data.image_key, cfg.data.caption_key, cfg.data.format)
+    dataset = ImageTextDataset(records, build_transform(cfg.model, cfg.data, train=True))
+    steps_per_epoch = len(dataset) // t.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {len(dataset)} training samples")
+    total_steps = t.max_steps if t.max_steps > 0 else t.epochs * steps_per_epoch
+    val_records = read_records(cfg.data.val, cfg.data.image_key, cfg.data.caption_key) if cfg.data.val else None
+    eval_transform = build_transform(cfg.model, cfg.data, train=False)
+
+    optimizer = build_optimizer(model, cfg.optim, param_groups(model, cfg.optim))
+    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+    progress = Progress()
+    if t.resume:
+        ckpt = latest_checkpoint(run_dir / "checkpoints")
+        if ckpt is not None:
+            _restore(ckpt, model, optimizer, scaler, progress)
+            if info.is_main:
+                print(f"resumed from {ckpt} (step {progress.step})")
+    train_model: nn.Module = model
+    if info.enabled:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if t.compile:
+        train_model = torch.compile(train_model)
+
+    logger = MetricsLogger(run_dir, info.is_main)
+    bar = None
+    if info.is_main and t.progress_bar:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=progress.step, desc=run_dir.name, dynamic_ncols=True)
+
+    def run_eval() -> dict[str, float]:
+        metrics = evaluate_records(model, val_records, eval_transform, tokenizer, batch_size=cfg.eval.batch_size,
+                                   device=device, precision=t.precision)
+        return {f"val/{k}": v for k, v in metrics.items()}
+
+    loss_sum = torch.zeros((), device=device)
+    window_steps, window_start = 0, time.perf_counter()
+    last_eval: dict[str, float] = {}
+    model.train()
+    while progress.step < total_steps:
+        loader = build_train_loader(dataset, tokenizer, cfg.data, t.batch_size, t.seed, progress.epoch,
+                                    progress.batch_in_epoch, info.rank, info.world_size)
+        for batch in loader:
+            lr = lr_at(progress.step, total_steps, cfg.optim)
+            set_lr(optimizer, lr)
+            loss, grad_norm = train_step(train_model, to_device(batch, device), optimizer, scaler, cfg, device)
+            loss_sum += loss
+            progress.step += 1
+            progress.batch_in_epoch += 1
+            window_steps += 1
+            if progress.batch_in_epoch >= steps_per_epoch:
+                progress.epoch += 1
+                progress.batch_in_epoch = 0
+
+            if progress.step % t.log_every_n_steps == 0 or progress.step == total_steps:
+                mean_loss = all_reduce_mean(loss_sum / window_steps, info).item()
+                elapsed = time.perf_counter() - window_start
+                values = {
+                    "loss": mean_loss,
+                    "logit_scale": unwrap(model).logit_scale.exp().item(),
+                    "lr": lr,
+                    "grad_norm": grad_norm.item(),
+                    "samples_per_s": window_steps * t.batch_size / max(elapsed, 1e-9),
+                    "epoch": progress.epoch,
+                }
+                logger.log(progress.step, values)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", T=f"{values['logit_scale']:.1f}", lr=f"{lr:.1e}",
+                                    sps=f"{values['samples_per_s']:.0f}", **{k.split('/')[-1][:12]: f"{v:.3f}" for k, v in last_eval.items() if k.endswith('acc1')})
+                loss_sum.zero_()
+                window_steps, window_start = 0, time.perf_counter()
+            if bar is not None:
+                bar.update(1)
+
+            done = progress.step >= total_steps
+            if val_records is not None and info.is_main and (
+                (cfg.eval.every_n_steps > 0 and progress.step % cfg.eval.every_n_steps == 0) or done
+            ):
+                last_eval = run_eval()
+                logger.log(progress.step, last_eval)
+            if (t.save_every_n_steps > 0 and progress.step % t.save_every_n_steps == 0) or done:
+                if info.is_main:
+                    metric = last_eval.get(f"val/{cfg.eval.best_metric}")
+                    if metric is not None and metric > progress.best_metric:
+                        progress.best_metric = metric
+                        progress.best_checkpoint = f"step_{progress.step:08d}"
+                    _checkpoint(run_dir, model, optimizer, scaler, progress, cfg, tokenizer)
+                barrier(info)
+            if done:
+                break
+    if bar is not None:
+        bar.close()
+    logger.close()
+    if info.is_main:
+        summary = {"steps": progress.step, **{k: round(v, 4) for k, v in last_eval.items()}}
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        print(f"done: {run_dir} " + " ".join(f"{k}={v}" for k, v in summary.items()))
+    return run_dir

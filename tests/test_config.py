@@ -1,0 +1,77 @@
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from contrastive.config import Config, ConfigError, load_config, save_config
+from tests.conftest import PYTHON, ROOT, subprocess_env
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_config_validates(path):
+    cfg = load_config(path)
+    assert cfg.name == path.stem
+    for p in (cfg.data.train, cfg.data.val):
+        if p and not p.startswith(("hf://", "hf:")) and "{" not in p:
+            assert (ROOT / p).exists(), f"{path.name} points at missing data {p}"
+
+
+def test_required_keys_exist():
+    cfg = Config()
+    for key in ["model.image_encoder", "model.text_encoder", "model.embed_dim", "loss.name", "data.train",
+                "data.image_key", "data.caption_key", "optim.lr", "optim.weight_decay", "train.batch_size",
+                "train.epochs", "train.max_steps", "train.output_dir", "train.seed", "train.precision", "train.resume"]:
+        section, name = key.split(".")
+        assert hasattr(getattr(cfg, section), name), key
+
+
+def test_overrides_cast_to_field_types():
+    cfg = load_config(ROOT / "configs/shapes_tiny.yaml",
+                      ["train.max_steps=200", "optim.lr=5e-4", "train.resume=true", "optim.betas=[0.9,0.95]",
+                       "model.init_logit_bias=-10", "loss.name=siglip"])
+    assert cfg.train.max_steps == 200 and isinstance(cfg.train.max_steps, int)
+    assert cfg.optim.lr == 5e-4 and cfg.train.resume is True
+    assert cfg.optim.betas == [0.9, 0.95]
+    assert cfg.model.init_logit_bias == -10.0
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("optim.lrr=1", "optim.lr"),
+    ("train.max_step=3", "train.max_steps"),
+    ("trian.seed=1", "train.seed"),
+])
+def test_unknown_key_names_closest(override, expected):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("override", ["train.max_steps=abc", "optim.lr=fast", "train.resume=maybe", "loss.name=l2",
+                                      "train.batch_size=0", "loss.chunk_size=-1", "train.micro_batch_size=999"])
+def test_bad_values_rejected(override):
+    with pytest.raises(ConfigError):
+        load_config(ROOT / "configs/shapes_tiny.yaml", [override])
+
+
+def test_unknown_key_in_yaml(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"optim": {"learning_rate": 1e-3}}))
+    with pytest.raises(ConfigError, match="optim.learning_rate"):
+        load_config(p)
+
+
+def test_roundtrip(tmp_path):
+    cfg = load_config(ROOT / "configs/shapes_tiny.yaml", ["train.seed=7"])
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_cli_unknown_key_exit_code_2():
+    r = subprocess.run([PYTHON, "-m", "contrastive", "train", "--config", "configs/shapes_tiny.yaml", "optim.lrr=1"],
+                       cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "optim.lr" in lines[0] and "Traceback" not in r.stderr

@@ -11,7 +11,7 @@ embeddings therefore score as badly as they deserve instead of as well as the it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -61,6 +61,32 @@ def _check_chunk_size(chunk_size: int) -> None:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
 
+def _score_chunks(
+    queries: torch.Tensor, keys: torch.Tensor, chunk_size: int
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yields (start, queries[start : start + c] @ keysᵀ) with shape (c, N_keys), c <= chunk_size.
+
+    Every chunk is written into one preallocated buffer: the caller must finish with a chunk before asking for the
+    next. Reusing the buffer bounds memory and, on the CPU, avoids faulting fresh pages in for every chunk.
+    """
+    buffer = queries.new_empty(min(chunk_size, queries.shape[0]), keys.shape[0])  # (chunk, N_keys)
+    for start in range(0, queries.shape[0], chunk_size):
+        block = queries[start : start + chunk_size]  # (c, D)
+        yield start, torch.mm(block, keys.T, out=buffer[: block.shape[0]])
+
+
+def _count_at_least_(scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """(c,) int64 count of entries >= threshold per row; overwrites `scores` (c, N) with 0/1 to avoid new buffers.
+
+    Counting a bool mask would allocate an int64 copy of it on the CPU; summing 1.0s in place is exact while partial
+    sums stay below 2**24 (float32), and a wider accumulator covers longer rows.
+    """
+    exact_below = 2**24 if scores.dtype == torch.float32 else 2**53
+    ones = scores.ge_(threshold)
+    counts = ones.sum(dim=1) if scores.shape[1] < exact_below else ones.sum(dim=1, dtype=torch.float64)
+    return counts.round().long()
+
+
 @torch.no_grad()
 def retrieval_ranks(
     image_embeds: torch.Tensor,
@@ -74,7 +100,7 @@ def retrieval_ranks(
     image_embeds (N_img, D), text_embeds (N_txt, D), text_to_image (N_txt,) int: the image each caption describes.
     Several captions per image are allowed; an image query's correct items are all its captions, and its rank is that
     of the best-scoring one. Images with no caption (distractors) are candidates for text->image but have rank 0 as
-    image queries.
+    image queries. Peak extra memory is one (chunk_size, N) score matrix on the embeddings' device.
     """
     image_embeds = _check_embeddings("image_embeds", image_embeds)
     text_embeds = _check_embeddings("text_embeds", text_embeds)
@@ -95,24 +121,47 @@ def retrieval_ranks(
     if n_txt and (text_to_image.min() < 0 or text_to_image.max() >= n_img):
         raise ValueError(f"text_to_image holds indices outside [0, {n_img})")
 
-    image_ranks = torch.empty(n_txt, dtype=torch.long, device=device)
-    for start in range(0, n_txt, chunk_size):
-        scores = text_embeds[start : start + chunk_size] @ image_embeds.T  # (c, N_img)
+    return RetrievalRanks(
+        _image_retrieval_ranks(image_embeds, text_embeds, text_to_image, chunk_size).cpu(),
+        _text_retrieval_ranks(image_embeds, text_embeds, text_to_image, chunk_size).cpu(),
+    )
+
+
+def _image_retrieval_ranks(
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, text_to_image: torch.Tensor, chunk_size: int
+) -> torch.Tensor:
+    """(N_txt,) rank of each caption's image among all images."""
+    ranks = torch.empty(text_embeds.shape[0], dtype=torch.long, device=text_embeds.device)
+    for start, scores in _score_chunks(text_embeds, image_embeds, chunk_size):  # (c, N_img)
         correct = scores.gather(1, text_to_image[start : start + chunk_size, None])  # (c, 1)
         # The count includes the correct image itself (it ties with itself), which supplies the "1 +".
-        image_ranks[start : start + chunk_size] = torch.count_nonzero(scores >= correct, dim=1)
+        ranks[start : start + chunk_size] = _count_at_least_(scores, correct)
+    return ranks
 
-    text_ranks = torch.zeros(n_img, dtype=torch.long, device=device)
+
+def _text_retrieval_ranks(
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, text_to_image: torch.Tensor, chunk_size: int
+) -> torch.Tensor:
+    """(N_img,) rank of each image's best caption among all captions; 0 for images without captions."""
+    n_img, device = image_embeds.shape[0], image_embeds.device
+    # Captions grouped by owner, so each chunk of image queries finds its captions with one binary search.
+    owners_sorted, captions_by_owner = torch.sort(text_to_image, stable=True)  # (N_txt,), (N_txt,)
+    ranks = torch.zeros(n_img, dtype=torch.long, device=device)
+    for start, scores in _score_chunks(image_embeds, text_embeds, chunk_size):  # (c, N_txt)
+        c = scores.shape[0]
+        lo, hi = torch.searchsorted(owners_sorted, torch.tensor([start, start + c], device=device)).tolist()
+        captions, rows = captions_by_owner[lo:hi], owners_sorted[lo:hi] - start  # (m,), (m,)
+        # Read from the same score matrix, so ties between correct and incorrect captions are exact.
+        own_scores = scores[rows, captions]  # (m,)
+        best = torch.full((c,), float("-inf"), dtype=scores.dtype, device=device)
+        best.scatter_reduce_(0, rows, own_scores, reduce="amax")  # (c,)
+        correct_at_least = torch.zeros(c, dtype=torch.long, device=device)
+        correct_at_least.scatter_add_(0, rows, (own_scores >= best[rows]).long())  # (c,) ties among own captions
+        at_least = _count_at_least_(scores, best[:, None])  # (c,) correct and incorrect captions >= best
+        ranks[start : start + c] = 1 + at_least - correct_at_least
     has_caption = torch.bincount(text_to_image, minlength=n_img) > 0  # (N_img,)
-    for start in range(0, n_img, chunk_size):
-        scores = image_embeds[start : start + chunk_size] @ text_embeds.T  # (c, N_txt)
-        query_ids = torch.arange(start, start + scores.shape[0], device=device)
-        is_correct = text_to_image[None, :] == query_ids[:, None]  # (c, N_txt)
-        best = scores.masked_fill(~is_correct, float("-inf")).amax(dim=1, keepdim=True)  # (c, 1)
-        beaten_by = torch.count_nonzero((scores >= best) & ~is_correct, dim=1)  # (c,)
-        text_ranks[start : start + chunk_size] = 1 + beaten_by
-    text_ranks[~has_caption] = 0
-    return RetrievalRanks(image_ranks.cpu(), text_ranks.cpu())
+    ranks[~has_caption] = 0
+    return ranks
 
 
 def _median(values: torch.Tensor) -> float:
@@ -223,10 +272,10 @@ def zero_shot_metrics(
         raise ValueError(f"labels hold classes outside [0, {num_classes})")
 
     ranks = torch.empty(n, dtype=torch.long, device=device)
-    for start in range(0, n, chunk_size):
-        logits = logit_scale * (image_embeds[start : start + chunk_size] @ classifier)  # (c, C)
+    for start, scores in _score_chunks(image_embeds, classifier.T, chunk_size):
+        logits = scores.mul_(logit_scale)  # (c, C)
         true_logit = logits.gather(1, labels[start : start + chunk_size, None])  # (c, 1)
-        ranks[start : start + chunk_size] = torch.count_nonzero(logits >= true_logit, dim=1)  # includes itself
+        ranks[start : start + chunk_size] = _count_at_least_(logits, true_logit)  # includes the true class
 
     top1 = (ranks == 1).double()  # (N,)
     metrics = {"acc1": top1.mean().item()}

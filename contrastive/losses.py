@@ -51,37 +51,52 @@ def content_ids(strings: list[str]) -> Tensor:
 class _Positives:
     """Which (row, column) pairs are positives, for rows offset..offset+m-1 against columns 0..n-1.
 
-    Rows and columns are pair indices (image i and text i form pair i). Ids are per pair: rows carry the ids of
-    their own pairs, columns those of all pairs. Computes boolean tiles on demand so the (m, n) mask is never
-    held unless a caller asks for all of it.
+    Rows and columns are pair indices (image i and text i form pair i); ids are per pair. Besides the explicit
+    mask (plain losses), it sums any per-column quantity over each row's positives (and vice versa) in O((m+n)·D)
+    through group sums: positives of row i = {same text} ∪ {same image} ∪ {itself}, and by inclusion-exclusion
+    Σ_{j∈P_i} v_j = Σ_{same text} v_j + Σ_{same image} v_j − Σ_{same text and image} v_j. This is what lets the
+    tiled losses handle duplicates without touching the tiles.
     """
 
-    def __init__(
-        self,
-        offset: int,
-        row_text_ids: Tensor | None,  # (m,)
-        row_image_ids: Tensor | None,  # (m,)
-        col_text_ids: Tensor | None,  # (n,)
-        col_image_ids: Tensor | None,  # (n,)
-    ) -> None:
-        self.offset = offset
-        self.row_text_ids, self.col_text_ids = row_text_ids, col_text_ids
-        self.row_image_ids, self.col_image_ids = row_image_ids, col_image_ids
-        self.has_ids = row_text_ids is not None or row_image_ids is not None
+    def __init__(self, offset: int, m: int, n: int, text_ids: Tensor | None, image_ids: Tensor | None,
+                 device: torch.device) -> None:
+        self.offset, self.m, self.n = offset, m, n
+        self.text_ids, self.image_ids = text_ids, image_ids  # (n,) each, ids of every column's pair
+        self.has_ids = text_ids is not None or image_ids is not None
+        dense = [_dense_ids(ids) for ids in (text_ids, image_ids) if ids is not None]
+        if not dense:  # only the pair itself: group = column index
+            groups = [(1, torch.arange(n, device=device), n)]
+        elif len(dense) == 1:
+            groups = [(1, *dense[0])]
+        else:
+            (text_group, num_text), (image_group, num_image) = dense
+            groups = [(1, text_group, num_text), (1, image_group, num_image),
+                      (-1, *_dense_ids(text_group * num_image + image_group))]
+        # (sign, group of each column (n,), number of groups)
+        self._groups = groups
 
-    def tile(self, r0: int, r1: int, c0: int, c1: int, device: torch.device) -> Tensor | None:
-        """(r1-r0, c1-c0) bool mask for local rows r0:r1 and columns c0:c1, or None when the tile has no positive."""
-        g0, g1 = self.offset + r0, self.offset + r1  # global pair indices of these rows
-        diagonal_hits = g0 < c1 and c0 < g1
-        if not self.has_ids and not diagonal_hits:
-            return None
-        rows = torch.arange(g0, g1, device=device)[:, None]  # (r, 1)
-        cols = torch.arange(c0, c1, device=device)[None, :]  # (1, c)
-        mask = rows == cols  # (r, c)
-        for row_ids, col_ids in ((self.row_text_ids, self.col_text_ids), (self.row_image_ids, self.col_image_ids)):
-            if row_ids is not None:
-                mask |= row_ids[r0:r1, None] == col_ids[None, c0:c1]
+    def mask(self, device: torch.device) -> Tensor:
+        """(m, n) bool mask of positive pairs."""
+        rows = torch.arange(self.offset, self.offset + self.m, device=device)  # (m,)
+        mask = rows[:, None] == torch.arange(self.n, device=device)[None, :]  # (m, n)
+        for ids in (self.text_ids, self.image_ids):
+            if ids is not None:
+                mask |= ids[self.offset : self.offset + self.m, None] == ids[None, :]
         return mask
+
+    def sum_over_columns(self, values: Tensor) -> Tensor:
+        """(n, ...) -> (m, ...): out_i = Σ_j P_ij values_j."""
+        out = 0
+        for sign, group, num in self._groups:
+            per_group = values.new_zeros((num, *values.shape[1:])).index_add(0, group, values)  # (num, ...)
+            out = out + sign * per_group[group[self.offset : self.offset + self.m]]
+        return out
+
+
+def _dense_ids(ids: Tensor) -> tuple[Tensor, int]:
+    """Arbitrary int ids (n,) -> (ids relabelled 0..k-1, k)."""
+    unique, inverse = torch.unique(ids, return_inverse=True)
+    return inverse, unique.numel()
 
 
 def _positives(
@@ -92,27 +107,23 @@ def _positives(
     text_ids: Tensor | None,
     all_image_ids: Tensor | None,
     all_text_ids: Tensor | None,
+    device: torch.device,
 ) -> _Positives:
-    """Validate ids and build the positive-pair description for m local rows against n columns."""
+    """Validate ids and describe the positives of m local rows (pairs offset..offset+m-1) among n columns."""
     if not 0 <= offset <= n - m:
         raise ValueError(f"offset={offset} puts {m} local rows outside the {n} gathered columns")
-    pairs = []
+    full_ids = []
     for name, local, full in (("text_ids", text_ids, all_text_ids), ("image_ids", image_ids, all_image_ids)):
-        if full is None and local is not None and m == n:
-            full = local  # global loss: the local rows are all rows
-        if full is None:
-            if local is not None:
+        if full is None and local is not None:
+            if m != n:
                 raise ValueError(f"{name} given without all_{name}: pass the ids of every gathered pair too")
-            pairs.append((None, None))
-            continue
-        if local is None:
-            local = full[offset : offset + m]
-        if local.shape != (m,) or full.shape != (n,):
-            raise ValueError(f"{name} must have shape ({m},) and all_{name} ({n},), got {tuple(local.shape)} "
-                             f"and {tuple(full.shape)}")
-        pairs.append((local, full))
-    (row_t, col_t), (row_i, col_i) = pairs
-    return _Positives(offset, row_t, row_i, col_t, col_i)
+            full = local  # global loss: the local rows are all rows
+        if full is not None and full.shape != (n,):
+            raise ValueError(f"all_{name} must have shape ({n},), got {tuple(full.shape)}")
+        if local is not None and not torch.equal(local, full[offset : offset + m]):
+            raise ValueError(f"{name} must equal all_{name}[offset:offset + {m}] (got shape {tuple(local.shape)})")
+        full_ids.append(full)
+    return _Positives(offset, m, n, *[None if i is None else i.to(device) for i in full_ids], device)
 
 
 def _check_chunk(chunk_size: int | None) -> None:
@@ -124,182 +135,134 @@ def _check_chunk(chunk_size: int | None) -> None:
 # Plain losses (hold the logits)
 
 
-def _soft_ce(logits: Tensor, mask: Tensor | None) -> Tensor:
-    """Mean over rows of CE with targets uniform over each row's positives; mask None means the diagonal."""
-    if mask is None:  # (m, n) with m == n
-        return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
+def _soft_ce(logits: Tensor, mask: Tensor | None, offset: int = 0) -> Tensor:
+    """Mean over rows of CE, targets uniform over each row's positives; mask None: target of row i is offset + i."""
+    if mask is None:  # (m, n)
+        labels = torch.arange(offset, offset + logits.shape[0], device=logits.device)
+        return F.cross_entropy(logits, labels)
     targets = mask.to(logits.dtype)  # (m, n)
     return F.cross_entropy(logits, targets / targets.sum(dim=1, keepdim=True))
 
 
-def _full_mask(pos: _Positives, m: int, n: int, device: torch.device) -> Tensor | None:
-    return pos.tile(0, m, 0, n, device) if pos.has_ids else None
-
-
-def _plain_clip(image: Tensor, text: Tensor, scale: Tensor, bias: Tensor | None, pos: _Positives) -> Tensor:
-    logits = scale * image @ text.T  # (B, B)
-    if bias is not None:
-        logits = logits + bias
-    mask = _full_mask(pos, *logits.shape, logits.device)
-    return (_soft_ce(logits, mask) + _soft_ce(logits.T, None if mask is None else mask.T)) / 2
+def _logits(rows: Tensor, cols: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
+    logits = scale * rows @ cols.T  # (m, n)
+    return logits if bias is None else logits + bias
 
 
 def _plain_sigmoid(rows: Tensor, cols: Tensor, scale: Tensor, bias: Tensor | None, pos: _Positives) -> Tensor:
-    """Sum over all (row, column) pairs of -log σ(z·logit), z = +1 on positives and -1 elsewhere."""
-    logits = scale * rows @ cols.T  # (m, n)
-    if bias is not None:
-        logits = logits + bias
-    m, n = logits.shape
-    mask = pos.tile(0, m, 0, n, logits.device)  # (m, n); never None here since it includes the diagonal
-    z = 2 * mask.to(logits.dtype) - 1 if mask is not None else -torch.ones_like(logits)
-    return -F.logsigmoid(z * logits).sum()
+    """Σ over all (row, column) pairs of −log σ(z·logit), z = +1 on positives and −1 elsewhere."""
+    logits = _logits(rows, cols, scale, bias)  # (m, n)
+    signs = 2 * pos.mask(logits.device).to(logits.dtype) - 1  # (m, n)
+    return -F.logsigmoid(signs * logits).sum()
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Tiled exact losses (never hold more than a chunk x chunk tile of logits)
+#
+# Both losses split into a part that needs every logit but no labels, and a label part that is linear in the
+# logits and so reduces to O(B·D) sums over positives:
+#   CLIP rows:  Σ_i CE_i = Σ_i LSE_j(L_ij) − Σ_i mean_{j∈P_i} L_ij             (columns alike)
+#   SigLIP:     Σ_ij −log σ(z_ij L_ij) = Σ_ij softplus(L_ij) − Σ_{ij∈P} L_ij   (since −log σ(−x) − x = −log σ(x))
+# The autograd Functions below compute the label-free part tile by tile; the positive part is ordinary autograd.
 
 
 def _tiles(size: int, chunk: int) -> list[tuple[int, int]]:
     return [(start, min(start + chunk, size)) for start in range(0, size, chunk)]
 
 
-class _TiledSoftmaxCE(torch.autograd.Function):
-    """Σ_i CE over rows (and/or Σ_j CE over columns) of logits = scale · A @ Cᵀ + bias with soft targets.
+def _tile_logits(a: Tensor, c: Tensor, s: Tensor, b: Tensor | None, acc_dtype: torch.dtype) -> Tensor:
+    """(r, D), (c, D) -> (r, c) logits in the accumulation dtype, scaled after the matmul so bf16 keeps s exact."""
+    logits = (a @ c.T).to(acc_dtype).mul_(s)
+    return logits if b is None else logits.add_(b)
 
-    For rows: Σ_i [LSE_j(L_ij) − Σ_j P_ij L_ij / n_i] with n_i = Σ_j P_ij; columns likewise over i. The caller
-    divides by the number of terms. dLoss/dL_ij = softmax_row_ij + softmax_col_ij − P_ij (1/n_i + 1/n_j), which
-    the backward recomputes per tile from the saved LSEs and positive counts.
+
+class _TiledLogitReduction(torch.autograd.Function):
+    """Σ of a label-free reduction of L = scale · A @ Cᵀ + bias, computed over (chunk, chunk) tiles.
+
+    kind "softmax": Σ_i LSE_j(L_ij) (if rows) + Σ_j LSE_i(L_ij) (if cols); dL = softmax_rows + softmax_cols.
+    kind "sigmoid": Σ_ij softplus(L_ij); dL = σ(L).
+    The forward keeps only O(m + n) statistics; the backward recomputes each tile.
     """
 
     @staticmethod
-    def forward(ctx, a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, pos: _Positives, chunk: int,
-                do_rows: bool, do_cols: bool) -> Tensor:
+    def forward(ctx, a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, chunk: int, kind: str,
+                rows: bool, cols: bool) -> Tensor:
         dtype = torch.promote_types(a.dtype, c.dtype)
         a, c = a.to(dtype), c.to(dtype)  # (m, D), (n, D)
+        acc_dtype = torch.promote_types(dtype, torch.float32)  # low-precision inputs accumulate in fp32
+        s, b = scale.to(acc_dtype), None if bias is None else bias.to(acc_dtype)
         m, n = a.shape[0], c.shape[0]
-        s = scale.float()
-        b = bias.float() if bias is not None else None
-        acc = dict(device=a.device, dtype=torch.float32)
-        lse_r, lse_c = torch.full((m,), -torch.inf, **acc), torch.full((n,), -torch.inf, **acc)
-        pos_sum_r, pos_sum_c = torch.zeros(m, **acc), torch.zeros(n, **acc)  # Σ of positive logits
-        cnt_r, cnt_c = torch.zeros(m, **acc), torch.zeros(n, **acc)  # number of positives
+        lse_r = torch.full((m,), -torch.inf, dtype=acc_dtype, device=a.device)  # running LSE per row
+        lse_c = torch.full((n,), -torch.inf, dtype=acc_dtype, device=a.device)  # running LSE per column
+        total = torch.zeros((), dtype=acc_dtype, device=a.device)
         for r0, r1 in _tiles(m, chunk):
             for c0, c1 in _tiles(n, chunk):
-                logits = s * (a[r0:r1] @ c[c0:c1].T).float()  # (r, c)
-                if b is not None:
-                    logits = logits + b
-                if do_rows:
+                logits = _tile_logits(a[r0:r1], c[c0:c1], s, b, acc_dtype)  # (r, c)
+                if kind == "sigmoid":
+                    total += F.softplus(logits).sum()
+                    continue
+                if rows:
                     lse_r[r0:r1] = torch.logaddexp(lse_r[r0:r1], logits.logsumexp(dim=1))
-                if do_cols:
+                if cols:
                     lse_c[c0:c1] = torch.logaddexp(lse_c[c0:c1], logits.logsumexp(dim=0))
-                mask = pos.tile(r0, r1, c0, c1, a.device)  # (r, c) or None
-                if mask is not None:
-                    pos_logits = torch.where(mask, logits, 0.0)
-                    pos_sum_r[r0:r1] += pos_logits.sum(dim=1)
-                    pos_sum_c[c0:c1] += pos_logits.sum(dim=0)
-                    cnt_r[r0:r1] += mask.sum(dim=1)
-                    cnt_c[c0:c1] += mask.sum(dim=0)
-        loss = torch.zeros((), **acc)
-        if do_rows:
-            loss = loss + (lse_r - pos_sum_r / cnt_r).sum()
-        if do_cols:
-            loss = loss + (lse_c - pos_sum_c / cnt_c).sum()
-        ctx.save_for_backward(a, c, scale, bias, lse_r, lse_c, cnt_r, cnt_c)
-        ctx.pos, ctx.chunk, ctx.do_rows, ctx.do_cols = pos, chunk, do_rows, do_cols
-        ctx.in_dtypes = (ctx.saved_tensors[0].dtype,)  # only to keep the Function's state explicit
-        return loss.to(scale.dtype)
+        if kind == "softmax":
+            total = (lse_r.sum() if rows else 0) + (lse_c.sum() if cols else 0) + total
+        ctx.save_for_backward(a, c, scale, bias, lse_r, lse_c)
+        ctx.chunk, ctx.kind, ctx.rows, ctx.cols = chunk, kind, rows, cols
+        return total
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        a, c, scale, bias, lse_r, lse_c, cnt_r, cnt_c = ctx.saved_tensors
-        pos, chunk = ctx.pos, ctx.chunk
+        a, c, scale, bias, lse_r, lse_c = ctx.saved_tensors
+        acc_dtype = lse_r.dtype
+        s, b = scale.to(acc_dtype), None if bias is None else bias.to(acc_dtype)
         m, n = a.shape[0], c.shape[0]
-        g, s = grad.float(), scale.float()
-        b = bias.float() if bias is not None else None
-        inv_r, inv_c = 1.0 / cnt_r, 1.0 / cnt_c  # (m,), (n,)
-        grad_a = torch.zeros(a.shape, dtype=torch.float32, device=a.device)  # (m, D)
-        grad_c = torch.zeros(c.shape, dtype=torch.float32, device=c.device)  # (n, D)
-        grad_s = torch.zeros((), dtype=torch.float32, device=a.device)
-        grad_b = torch.zeros((), dtype=torch.float32, device=a.device)
-        for r0, r1 in _tiles(m, chunk):
-            for c0, c1 in _tiles(n, chunk):
-                cos = (a[r0:r1] @ c[c0:c1].T).float()  # (r, c)
-                logits = s * cos if b is None else s * cos + b
-                dl = torch.zeros_like(logits)  # dLoss/dlogits, (r, c)
-                if ctx.do_rows:
-                    dl += torch.exp(logits - lse_r[r0:r1, None])
-                if ctx.do_cols:
-                    dl += torch.exp(logits - lse_c[None, c0:c1])
-                mask = pos.tile(r0, r1, c0, c1, a.device)
-                if mask is not None:
-                    weight = torch.zeros_like(logits)
-                    if ctx.do_rows:
-                        weight += inv_r[r0:r1, None]
-                    if ctx.do_cols:
-                        weight += inv_c[None, c0:c1]
-                    dl -= torch.where(mask, weight, 0.0)
-                dl *= g
-                grad_s += (dl * cos).sum()
-                grad_b += dl.sum()
-                dl_lo = dl.to(a.dtype)
-                grad_a[r0:r1] += (dl_lo @ c[c0:c1]).float()
-                grad_c[c0:c1] += (dl_lo.T @ a[r0:r1]).float()
-        grad_a, grad_c = grad_a * s, grad_c * s
-        return (grad_a.to(a.dtype), grad_c.to(c.dtype), grad_s.to(scale.dtype),
-                grad_b.to(bias.dtype) if bias is not None else None, None, None, None, None)
+        # Σ_j dL_ij c_j and Σ_i dL_ij a_i, before the factor scale: d scale reuses them as Σ_i a_i·(Σ_j dL_ij c_j).
+        grad_a = torch.zeros(a.shape, dtype=acc_dtype, device=a.device)  # (m, D)
+        grad_c = torch.zeros(c.shape, dtype=acc_dtype, device=c.device)  # (n, D)
+        sum_dl = torch.zeros((), dtype=acc_dtype, device=a.device)  # Σ_ij dL_ij, needed for sigmoid's d bias
+        for r0, r1 in _tiles(m, ctx.chunk):
+            for c0, c1 in _tiles(n, ctx.chunk):
+                logits = _tile_logits(a[r0:r1], c[c0:c1], s, b, acc_dtype)  # (r, c)
+                if ctx.kind == "sigmoid":
+                    dl = logits.sigmoid_()
+                    if bias is not None:
+                        sum_dl += dl.sum()
+                elif ctx.rows and ctx.cols:
+                    dl = torch.exp(logits - lse_r[r0:r1, None]).add_(logits.sub_(lse_c[None, c0:c1]).exp_())
+                elif ctx.rows:
+                    dl = logits.sub_(lse_r[r0:r1, None]).exp_()
+                else:
+                    dl = logits.sub_(lse_c[None, c0:c1]).exp_()
+                dl = dl.to(a.dtype)
+                grad_a[r0:r1] += (dl @ c[c0:c1]).to(acc_dtype)
+                grad_c[c0:c1] += (dl.T @ a[r0:r1]).to(acc_dtype)
+        g = grad.to(acc_dtype)
+        grad_scale = g * (a.to(acc_dtype) * grad_a).sum()
+        grad_bias = None
+        if bias is not None:
+            # Σ_ij dL_ij is known without the tiles: each softmax row (column) sums to one.
+            if ctx.kind == "sigmoid":
+                grad_bias = g * sum_dl
+            else:
+                grad_bias = g * ((m if ctx.rows else 0) + (n if ctx.cols else 0))
+            grad_bias = grad_bias.to(bias.dtype).reshape(bias.shape)
+        gs = g * s
+        return ((gs * grad_a).to(a.dtype), (gs * grad_c).to(c.dtype),
+                grad_scale.to(scale.dtype).reshape(scale.shape), grad_bias, None, None, None, None)
 
 
-class _TiledSigmoid(torch.autograd.Function):
-    """Σ_ij −log σ(z_ij · L_ij) over all (row, column) pairs, L = scale · A @ Cᵀ + bias, computed tile by tile."""
-
-    @staticmethod
-    def forward(ctx, a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, pos: _Positives, chunk: int) -> Tensor:
-        dtype = torch.promote_types(a.dtype, c.dtype)
-        a, c = a.to(dtype), c.to(dtype)  # (m, D), (n, D)
-        s = scale.float()
-        b = bias.float() if bias is not None else None
-        loss = torch.zeros((), dtype=torch.float32, device=a.device)
-        for r0, r1 in _tiles(a.shape[0], chunk):
-            for c0, c1 in _tiles(c.shape[0], chunk):
-                logits = s * (a[r0:r1] @ c[c0:c1].T).float()  # (r, c)
-                if b is not None:
-                    logits = logits + b
-                loss -= F.logsigmoid(_signs(pos, r0, r1, c0, c1, logits) * logits).sum()
-        ctx.save_for_backward(a, c, scale, bias)
-        ctx.pos, ctx.chunk = pos, chunk
-        return loss.to(scale.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        a, c, scale, bias = ctx.saved_tensors
-        g, s = grad.float(), scale.float()
-        b = bias.float() if bias is not None else None
-        grad_a = torch.zeros(a.shape, dtype=torch.float32, device=a.device)  # (m, D)
-        grad_c = torch.zeros(c.shape, dtype=torch.float32, device=c.device)  # (n, D)
-        grad_s = torch.zeros((), dtype=torch.float32, device=a.device)
-        grad_b = torch.zeros((), dtype=torch.float32, device=a.device)
-        for r0, r1 in _tiles(a.shape[0], ctx.chunk):
-            for c0, c1 in _tiles(c.shape[0], ctx.chunk):
-                cos = (a[r0:r1] @ c[c0:c1].T).float()  # (r, c)
-                logits = s * cos if b is None else s * cos + b
-                z = _signs(ctx.pos, r0, r1, c0, c1, logits)
-                dl = -g * z * torch.sigmoid(-z * logits)  # d(−log σ(z·L))/dL, (r, c)
-                grad_s += (dl * cos).sum()
-                grad_b += dl.sum()
-                dl_lo = dl.to(a.dtype)
-                grad_a[r0:r1] += (dl_lo @ c[c0:c1]).float()
-                grad_c[c0:c1] += (dl_lo.T @ a[r0:r1]).float()
-        grad_a, grad_c = grad_a * s, grad_c * s
-        return (grad_a.to(a.dtype), grad_c.to(c.dtype), grad_s.to(scale.dtype),
-                grad_b.to(bias.dtype) if bias is not None else None, None, None)
-
-
-def _signs(pos: _Positives, r0: int, r1: int, c0: int, c1: int, logits: Tensor) -> Tensor:
-    """(r, c) labels z: +1 on positive pairs, −1 elsewhere."""
-    mask = pos.tile(r0, r1, c0, c1, logits.device)
-    if mask is None:
-        return torch.full_like(logits, -1.0)
-    return 2 * mask.to(logits.dtype) - 1
+def _positive_logits(rows: Tensor, cols: Tensor, scale: Tensor, bias: Tensor | None, pos: _Positives,
+                     mean_per_row: bool) -> Tensor:
+    """Σ_i Σ_{j∈P_i} L_ij, or Σ_i mean_{j∈P_i} L_ij, in O((m + n)·D) via group sums; rows (m, D), cols (n, D)."""
+    acc_dtype = torch.promote_types(torch.promote_types(rows.dtype, cols.dtype), torch.float32)
+    rows, cols = rows.to(acc_dtype), cols.to(acc_dtype)
+    counts = pos.sum_over_columns(torch.ones(cols.shape[0], dtype=acc_dtype, device=cols.device))  # (m,) |P_i|
+    dots = (rows * pos.sum_over_columns(cols)).sum(dim=1)  # (m,) Σ_{j∈P_i} rows_i·cols_j
+    if mean_per_row:
+        dots, counts = dots / counts, torch.ones_like(counts)
+    total = scale.to(acc_dtype) * dots.sum()
+    return total if bias is None else total + bias.to(acc_dtype) * counts.sum()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -331,12 +294,16 @@ def clip_loss(
     """
     _check_chunk(chunk_size)
     bsz = image_features.shape[0]
-    pos = _positives(bsz, bsz, 0, image_ids, text_ids, None, None)
+    pos = _positives(bsz, bsz, 0, image_ids, text_ids, None, None, image_features.device)
     if chunk_size is None:
-        return _plain_clip(image_features, text_features, logit_scale, logit_bias, pos)
-    total = _TiledSoftmaxCE.apply(image_features, text_features, logit_scale, logit_bias, pos, chunk_size,
-                                  True, True)
-    return total / (2 * bsz)
+        logits = _logits(image_features, text_features, logit_scale, logit_bias)  # (B, B)
+        mask = pos.mask(logits.device) if pos.has_ids else None  # (B, B), symmetric
+        return (_soft_ce(logits, mask) + _soft_ce(logits.T, mask)) / 2
+    lse = _TiledLogitReduction.apply(image_features, text_features, logit_scale, logit_bias, chunk_size,
+                                     "softmax", True, True)
+    positives = (_positive_logits(image_features, text_features, logit_scale, logit_bias, pos, True)
+                 + _positive_logits(text_features, image_features, logit_scale, logit_bias, pos, True))
+    return ((lse - positives) / (2 * bsz)).to(_out_dtype(image_features, logit_scale))
 
 
 def siglip_loss(
@@ -358,12 +325,8 @@ def siglip_loss(
     """
     _check_chunk(chunk_size)
     bsz = image_features.shape[0]
-    pos = _positives(bsz, bsz, 0, image_ids, text_ids, None, None)
-    if chunk_size is None:
-        total = _plain_sigmoid(image_features, text_features, logit_scale, logit_bias, pos)
-    else:
-        total = _TiledSigmoid.apply(image_features, text_features, logit_scale, logit_bias, pos, chunk_size)
-    return total / bsz
+    pos = _positives(bsz, bsz, 0, image_ids, text_ids, None, None, image_features.device)
+    return _sigmoid_total(image_features, text_features, logit_scale, logit_bias, pos, chunk_size) / bsz
 
 
 def clip_loss_local(
@@ -384,14 +347,14 @@ def clip_loss_local(
     """This rank's share of `clip_loss`: its b images against all N texts and its b texts against all N images.
 
     With equal b on every rank and offset = rank · b, the mean over ranks equals `clip_loss` on the gathered
-    batch, and holds only (b, N) logits (or a tile of them with `chunk_size`).
+    batch, while each rank holds only (b, N) logits (or one tile of them with `chunk_size`).
 
     Args:
-        local_image, local_text: (b, D) this rank's features (rows offset..offset+b-1 of the gathered batch).
-        all_image, all_text: (N, D) gathered features of every rank, gathered with autograd.
+        local_image, local_text: (b, D) this rank's features, pairs offset..offset+b-1 of the gathered batch.
+        all_image, all_text: (N, D) features of every rank, gathered with autograd.
         logit_scale, logit_bias: 0-dim, as in `clip_loss`.
         offset: index of this rank's first pair in the gathered batch.
-        image_ids, text_ids: (b,) local content ids; sliced from the gathered ids when omitted.
+        image_ids, text_ids: (b,) local content ids; optional, must equal all_*_ids[offset:offset + b].
         all_image_ids, all_text_ids: (N,) gathered content ids.
         chunk_size: as in `clip_loss`.
 
@@ -400,20 +363,17 @@ def clip_loss_local(
     """
     _check_chunk(chunk_size)
     b, n = local_image.shape[0], all_text.shape[0]
-    pos = _positives(b, n, offset, image_ids, text_ids, all_image_ids, all_text_ids)
+    pos = _positives(b, n, offset, image_ids, text_ids, all_image_ids, all_text_ids, local_image.device)
     if chunk_size is None:
-        mask = _full_mask(pos, b, n, local_image.device)  # (b, N); None means labels offset + arange(b)
-        per_image = logit_scale * local_image @ all_text.T  # (b, N)
-        per_text = logit_scale * local_text @ all_image.T  # (b, N)
-        if logit_bias is not None:
-            per_image, per_text = per_image + logit_bias, per_text + logit_bias
-        if mask is None:
-            labels = torch.arange(offset, offset + b, device=local_image.device)
-            return (F.cross_entropy(per_image, labels) + F.cross_entropy(per_text, labels)) / 2
-        return (_soft_ce(per_image, mask) + _soft_ce(per_text, mask)) / 2
-    total = (_TiledSoftmaxCE.apply(local_image, all_text, logit_scale, logit_bias, pos, chunk_size, True, False)
-             + _TiledSoftmaxCE.apply(local_text, all_image, logit_scale, logit_bias, pos, chunk_size, True, False))
-    return total / (2 * b)
+        mask = pos.mask(local_image.device) if pos.has_ids else None  # (b, N)
+        per_image = _logits(local_image, all_text, logit_scale, logit_bias)  # (b, N)
+        per_text = _logits(local_text, all_image, logit_scale, logit_bias)  # (b, N)
+        return (_soft_ce(per_image, mask, offset) + _soft_ce(per_text, mask, offset)) / 2
+    total = 0
+    for rows, cols in ((local_image, all_text), (local_text, all_image)):
+        lse = _TiledLogitReduction.apply(rows, cols, logit_scale, logit_bias, chunk_size, "softmax", True, False)
+        total = total + lse - _positive_logits(rows, cols, logit_scale, logit_bias, pos, True)
+    return (total / (2 * b)).to(_out_dtype(local_image, logit_scale))
 
 
 def siglip_loss_local(
@@ -435,20 +395,29 @@ def siglip_loss_local(
 
     Every (image, text) pair is scored on exactly one rank, so the mean over ranks equals `siglip_loss` on the
     gathered batch. `local_text` and `all_image` are unused; the signature matches `clip_loss_local` so a trainer
-    can pick either from `LOCAL_LOSSES`. Shapes as in `clip_loss_local`.
+    can take either from `LOCAL_LOSSES`. Shapes as in `clip_loss_local`.
 
     Returns:
         0-dim loss.
     """
-    del local_text, all_image  # each pair is covered by the image rows alone
+    del local_text, all_image  # the image rows alone cover every pair once across ranks
     _check_chunk(chunk_size)
     b, n = local_image.shape[0], all_text.shape[0]
-    pos = _positives(b, n, offset, image_ids, text_ids, all_image_ids, all_text_ids)
+    pos = _positives(b, n, offset, image_ids, text_ids, all_image_ids, all_text_ids, local_image.device)
+    return _sigmoid_total(local_image, all_text, logit_scale, logit_bias, pos, chunk_size) / b
+
+
+def _sigmoid_total(rows: Tensor, cols: Tensor, scale: Tensor, bias: Tensor | None, pos: _Positives,
+                   chunk_size: int | None) -> Tensor:
     if chunk_size is None:
-        total = _plain_sigmoid(local_image, all_text, logit_scale, logit_bias, pos)
-    else:
-        total = _TiledSigmoid.apply(local_image, all_text, logit_scale, logit_bias, pos, chunk_size)
-    return total / b
+        return _plain_sigmoid(rows, cols, scale, bias, pos)
+    softplus = _TiledLogitReduction.apply(rows, cols, scale, bias, chunk_size, "sigmoid", True, True)
+    return (softplus - _positive_logits(rows, cols, scale, bias, pos, False)).to(_out_dtype(rows, scale))
+
+
+def _out_dtype(features: Tensor, scale: Tensor) -> torch.dtype:
+    """The dtype the plain loss would return, so chunking never changes the result's type."""
+    return torch.promote_types(features.dtype, scale.dtype)
 
 
 LOSSES: dict[str, Callable[..., Tensor]] = {"clip": clip_loss, "siglip": siglip_loss}

@@ -6,7 +6,11 @@ A checkpoint is a directory `<run>/checkpoints/step_XXXXXXXX/` holding
   meta.json           step, epoch, position in the epoch, config, tokenizer spec
   tokenizer.json      the tokenizer, for built-in tokenizers
 It is written into a temporary directory, fsynced and renamed into place, so a crash mid-write leaves the previous
-checkpoint intact; `latest` (a one-line text file) is replaced atomically after the rename.
+checkpoint intact; `latest` (a one-line text file) is replaced atomically after the rename. A write that fails (disk
+full, permission denied) raises `CheckpointWriteError` and leaves the earlier checkpoints and `latest` as they were.
+
+Fault injection for crash tests: `CONTRASTIVE_CHECKPOINT_WRITE_DELAY=<seconds>` sleeps after the files are written and
+fsynced, before the rename, so a test can kill the process in the middle of a write.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.pt", "meta.json"
@@ -26,6 +32,13 @@ MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.pt", "meta.json"
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, incomplete or unsafe (reported in one line)."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint failed (disk full, permission denied, ...); earlier checkpoints are untouched."""
+
+
+DELAY_ENV = "CONTRASTIVE_CHECKPOINT_WRITE_DELAY"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -76,26 +89,51 @@ def state_dict_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(directory: Path, model: torch.nn.Module, state: dict[str, Any], meta: dict[str, Any],
                     extra_files: dict[str, str] | None = None) -> Path:
-    """Write a checkpoint directory atomically; returns its final path."""
+    """Write a checkpoint directory atomically; returns its final path. Raises CheckpointWriteError on failure."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    tmp: Path | None = None
     try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
         save_file(state_dict_for_save(model), str(tmp / MODEL_FILE), metadata={"format": "pt"})
         torch.save(state, tmp / STATE_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         _fsync_tree(tmp)
-        if directory.exists():
-            shutil.rmtree(directory)
+        if float(os.environ.get(DELAY_ENV) or 0) > 0:
+            time.sleep(float(os.environ[DELAY_ENV]))
+        old = None
+        if directory.exists():  # same step written before (a resumed run): move it aside, never delete it first
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, old)
         os.replace(tmp, directory)
+        tmp = None
         _fsync_dir(directory.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    atomic_write_text(directory.parent / "latest", directory.name + "\n")
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        atomic_write_text(directory.parent / "latest", directory.name + "\n")
+    except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports write failures as RuntimeError
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointWriteError(f"could not write checkpoint {directory} ({reason})") from e
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+def remove_partial_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """Delete what interrupted writes left behind (`.step_*.tmp-*`, `.step_*.old-*`, `.latest.*`); returns them."""
+    if not checkpoint_dir.is_dir():
+        return []
+    leftovers = [p for p in checkpoint_dir.iterdir()
+                 if p.name.startswith(".step_") and (".tmp-" in p.name or ".old-" in p.name) or p.name.startswith(".latest.")]
+    for p in leftovers:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return leftovers
 
 
 def is_checkpoint(path: Path) -> bool:

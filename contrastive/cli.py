@@ -26,7 +26,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .data import DataError
     from .train import RunError
 
-    return (ConfigError, DataError, CheckpointError, RunError, FileNotFoundError)
+    return (ConfigError, DataError, CheckpointError, RunError, OSError)
 
 
 @command("train", "train a model from a YAML config with key.sub=value overrides")
@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"contrastive {name}: error: {msg}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"contrastive {name}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # signals.Interrupted carries its message and 128 + signal number
+        print(f"contrastive {name}: {str(e) or 'interrupted'}", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ class ModelConfig:
     image_mean: list[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])  # pixel mean
     image_std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])  # pixel std
     init_from: str = ""  # checkpoint, run directory or HF directory whose weights initialise the model
+    trust_remote_code: bool = False  # let HF loaders run code shipped with a model/tokenizer (only for sources you trust)
 
 
 @dataclass
@@ -94,6 +95,8 @@ class TrainConfig:
     deterministic: bool = True  # deterministic algorithms (CPU runs are exactly reproducible)
     grad_checkpointing: bool = False  # recompute tower activations in the backward pass
     progress_bar: bool = True  # tqdm progress bar
+    on_checkpoint_error: str = "stop"  # a failed checkpoint write: stop (exit 2) | continue (warn; the final one must work)
+    max_nan_steps: int = 20  # stop after this many steps in a row with a NaN/inf loss or gradient (each is skipped)
 
 
 @dataclass
@@ -127,6 +130,7 @@ _CHOICES = {
     "train.precision": ("fp32", "bf16", "fp16"),
     "data.on_bad_sample": ("skip", "error"),
     "data.format": ("", "csv", "tsv", "jsonl", "hf", "webdataset"),
+    "train.on_checkpoint_error": ("stop", "continue"),
 }
 
 
@@ -176,6 +180,23 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"eval.tasks: unknown task {task!r} (use retrieval and/or zeroshot)")
     if "zeroshot" in cfg.eval.tasks and not cfg.eval.zeroshot_class_key:
         raise ConfigError("eval.tasks has zeroshot but eval.zeroshot_class_key (the class column) is empty")
+    _validate_run_settings(cfg)
+
+
+def _validate_run_settings(cfg: Config) -> None:
+    """Counts and names the training loop divides by, compares with or turns into paths."""
+    t = cfg.train
+    at_least = {"train.log_every_n_steps": (t.log_every_n_steps, 1), "train.keep_checkpoints": (t.keep_checkpoints, 1),
+                "train.max_nan_steps": (t.max_nan_steps, 1), "train.save_every_n_steps": (t.save_every_n_steps, 0),
+                "train.max_steps": (t.max_steps, 0), "train.epochs": (t.epochs, 0),
+                "eval.every_n_steps": (cfg.eval.every_n_steps, 0), "data.num_workers": (cfg.data.num_workers, 0)}
+    for key, (value, low) in at_least.items():
+        if value < low:
+            raise ConfigError(f"{key} must be >= {low}, got {value}")
+    if t.run_name in (".", "..") or any(c in t.run_name for c in "/\\\0"):
+        raise ConfigError(f"train.run_name={t.run_name!r} must be a plain folder name (no path separators)")
+    if "\0" in t.output_dir + cfg.data.train + cfg.data.val + cfg.model.init_from:
+        raise ConfigError("paths in the config must not contain NUL characters")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -80,7 +80,17 @@ def detect_format(path: str) -> str:
 
 
 def read_records(path: str, image_key: str, caption_key: str, fmt: str = "") -> list[Record]:
-    """Read a CSV/TSV/JSONL table of `image path (relative to the file), caption(s)`."""
+    """Read a CSV/TSV/JSONL table of `image path (relative to the file), caption(s)`. Any unreadable table raises
+    DataError."""
+    try:
+        return _read_table(path, image_key, caption_key, fmt)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save the table as UTF-8") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: malformed table ({e})") from None
+
+
+def _read_table(path: str, image_key: str, caption_key: str, fmt: str) -> list[Record]:
     p = Path(path)
     if not p.exists():
         raise DataError(f"data file not found: {path}")
@@ -93,9 +103,12 @@ def read_records(path: str, image_key: str, caption_key: str, fmt: str = "") -> 
             for n, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        row = json.loads(line)
                     except json.JSONDecodeError:
-                        raise DataError(f"{path}:{n}: not a JSON object") from None
+                        row = None
+                    if not isinstance(row, dict):
+                        raise DataError(f"{path}:{n}: not a JSON object")
+                    rows.append(row)
     else:
         with p.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f, delimiter="," if fmt == "csv" else "\t")

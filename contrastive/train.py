@@ -24,6 +24,7 @@ from .checkpoint import (
     load_state,
     load_weights,
     prune_checkpoints,
+    remove_partial_checkpoints,
     save_checkpoint,
 )
 from .config import Config, ConfigError, config_to_dict, save_config
@@ -31,9 +32,11 @@ from .data import ImageTextDataset, build_train_loader, build_transform, read_re
 from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_object, cleanup, init_distributed
 from .evaluate import autocast_context, evaluate_records
 from .factory import create_model
+from .guards import NonFiniteGuard, check_inputs, save_or_report, step_if_finite
 from .losses import LOSSES
 from .model import ContrastiveModel
 from .optim import build_optimizer, lr_at, param_groups, set_lr
+from .signals import GracefulStop, Interrupted
 
 
 class RunError(RuntimeError):
@@ -126,8 +129,7 @@ def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.O
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
     else:
         grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
-    scaler.step(optimizer)
-    scaler.update()
+    step_if_finite(optimizer, scaler, loss, grad_norm)  # a NaN/inf loss or gradient leaves weights and state as they were
     optimizer.zero_grad(set_to_none=True)
     unwrap(model).clamp_logit_scale_()
     return loss.detach(), grad_norm.detach()
@@ -191,6 +193,8 @@ class Progress:
     batch_in_epoch: int = 0  # global batches of this epoch already consumed
     best_metric: float = -math.inf
     best_checkpoint: str = ""
+    nonfinite_steps: int = 0  # steps skipped for a NaN/inf loss or gradient
+    nonfinite_streak: int = 0  # of which in a row, up to `step`
 
 
 def _checkpoint(run_dir: Path, model: nn.Module, optimizer, scaler, progress: Progress, cfg: Config, tokenizer) -> Path:
@@ -202,6 +206,8 @@ def _checkpoint(run_dir: Path, model: nn.Module, optimizer, scaler, progress: Pr
         "samples_seen": progress.step * cfg.train.batch_size,
         "best_metric": progress.best_metric if math.isfinite(progress.best_metric) else None,
         "best_checkpoint": progress.best_checkpoint,
+        "nonfinite_steps": progress.nonfinite_steps,
+        "nonfinite_streak": progress.nonfinite_streak,
         "config": config_to_dict(cfg),
         "format_version": 1,
     }
@@ -225,6 +231,7 @@ def _restore(ckpt: Path, model: ContrastiveModel, optimizer, scaler, progress: P
     progress.step, progress.epoch, progress.batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
     progress.best_metric = meta.get("best_metric") if meta.get("best_metric") is not None else -math.inf
     progress.best_checkpoint = meta.get("best_checkpoint", "")
+    progress.nonfinite_steps, progress.nonfinite_streak = meta.get("nonfinite_steps", 0), meta.get("nonfinite_streak", 0)
 
 
 def init_weights_from(model: ContrastiveModel, source: str) -> None:
@@ -241,21 +248,24 @@ def train(cfg: Config) -> Path:
     """Run training as configured; returns the run directory."""
     info = init_distributed("cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu")
     try:
-        return _train(cfg, info)
+        with GracefulStop() as stop:  # SIGINT/SIGTERM: finish the step, save, raise Interrupted
+            return _train(cfg, info, stop)
     finally:
         cleanup(info)
 
 
-def _train(cfg: Config, info: DistInfo) -> Path:
+def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
     t = cfg.train
     device = resolve_device(t.device, info)
     if t.batch_size % info.world_size:
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by the {info.world_size} processes")
     if t.deterministic and device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
+    check_inputs(cfg)
     run_dir = broadcast_object(resolve_run_dir(cfg) if info.is_main else None, info)
     if info.is_main:
         prepare_run_dir(cfg, run_dir)
+        remove_partial_checkpoints(run_dir / "checkpoints")
     barrier(info)
 
     seed_everything(t.seed)
@@ -305,14 +315,24 @@ def _train(cfg: Config, info: DistInfo) -> Path:
     loss_sum = torch.zeros((), device=device)
     window_steps, window_start = 0, time.perf_counter()
     last_eval: dict[str, float] = {}
+    guard = NonFiniteGuard(t.max_nan_steps, device, progress.nonfinite_steps, progress.nonfinite_streak)
+    last_good = latest_checkpoint(run_dir / "checkpoints") if progress.step else None
+    stopping = False
+
+    def sync_guard() -> None:  # a host sync: only where the loop syncs anyway
+        if (failure := guard.failure(last_good)) is not None:
+            raise RunError(failure)
+        progress.nonfinite_steps, progress.nonfinite_streak = guard.counts()
+
     model.train()
-    while progress.step < total_steps:
+    while progress.step < total_steps and not stopping:
         loader = build_train_loader(dataset, tokenizer, cfg.data, t.batch_size, t.seed, progress.epoch,
                                     progress.batch_in_epoch, info.rank, info.world_size)
         for batch in loader:
             lr = lr_at(progress.step, total_steps, cfg.optim)
             set_lr(optimizer, lr)
             loss, grad_norm = train_step(train_model, to_device(batch, device), optimizer, scaler, cfg, device)
+            guard.record(torch.isfinite(loss) & torch.isfinite(grad_norm), progress.step + 1)
             loss_sum += loss
             progress.step += 1
             progress.batch_in_epoch += 1
@@ -321,7 +341,10 @@ def _train(cfg: Config, info: DistInfo) -> Path:
                 progress.epoch += 1
                 progress.batch_in_epoch = 0
 
+            if not info.enabled or progress.step % t.log_every_n_steps == 0:  # ranks agree at sync points
+                stopping = stopping or stop.any_rank(info, device)
             if progress.step % t.log_every_n_steps == 0 or progress.step == total_steps:
+                sync_guard()
                 mean_loss = all_reduce_mean(loss_sum / window_steps, info).item()
                 elapsed = time.perf_counter() - window_start
                 values = {
@@ -331,6 +354,7 @@ def _train(cfg: Config, info: DistInfo) -> Path:
                     "grad_norm": grad_norm.item(),
                     "samples_per_s": window_steps * t.batch_size / max(elapsed, 1e-9),
                     "epoch": progress.epoch,
+                    "nonfinite_steps": progress.nonfinite_steps,
                 }
                 logger.log(progress.step, values)
                 if bar is not None:
@@ -347,19 +371,26 @@ def _train(cfg: Config, info: DistInfo) -> Path:
             ):
                 last_eval = run_eval()
                 logger.log(progress.step, last_eval)
-            if (t.save_every_n_steps > 0 and progress.step % t.save_every_n_steps == 0) or done:
+            if (t.save_every_n_steps > 0 and progress.step % t.save_every_n_steps == 0) or done or stopping:
+                sync_guard()
                 if info.is_main:
                     metric = last_eval.get(f"val/{cfg.eval.best_metric}")
                     if metric is not None and metric > progress.best_metric:
                         progress.best_metric = metric
                         progress.best_checkpoint = f"step_{progress.step:08d}"
-                    _checkpoint(run_dir, model, optimizer, scaler, progress, cfg, tokenizer)
+                    path = save_or_report(lambda: _checkpoint(run_dir, model, optimizer, scaler, progress, cfg, tokenizer),
+                                          progress.step, run_dir / "checkpoints", t.on_checkpoint_error, done or stopping)
+                    if path is not None and progress.nonfinite_streak == 0:
+                        last_good = path
                 barrier(info)
-            if done:
+            if done or stopping:
                 break
     if bar is not None:
         bar.close()
     logger.close()
+    if stopping:
+        raise Interrupted(stop.signum, f"stopped by {stop.name} after step {progress.step}; saved "
+                                       f"{latest_checkpoint(run_dir / 'checkpoints')}; rerun with train.resume=true")
     if info.is_main:
         summary = {"steps": progress.step, **{k: round(v, 4) for k, v in last_eval.items()}}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))

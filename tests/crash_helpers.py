@@ -1,0 +1,63 @@
+"""Launch `python -m contrastive train` in a real subprocess and watch its run directory (for kill/signal tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.conftest import PYTHON, ROOT, subprocess_env
+
+SMALL = ["model.image_encoder_args={layers: 1, width: 32, heads: 2}",
+         "model.text_encoder_args={layers: 1, width: 32, heads: 2}", "model.embed_dim=16",
+         "data.num_workers=0", "train.progress_bar=false", "data.val=", "train.batch_size=16",
+         "train.log_every_n_steps=1", "optim.warmup_steps=2"]
+
+
+def launch(out: Path, run_name: str, *overrides: str, delay_s: float = 0.0) -> subprocess.Popen:
+    env = subprocess_env()
+    if delay_s:
+        env["CONTRASTIVE_CHECKPOINT_WRITE_DELAY"] = str(delay_s)
+    cmd = [PYTHON, "-m", "contrastive", "train", "--config", "configs/shapes_tiny.yaml", *SMALL,
+           f"train.output_dir={out}", f"train.run_name={run_name}", *overrides]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def logged_steps(run: Path) -> list[int]:
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by the kill
+            continue
+        if "loss" in row:
+            steps.append(row["step"])
+    return steps
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 150.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended (rc {proc.returncode}) before {what}: {proc.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def write_in_progress(run: Path) -> bool:
+    """A checkpoint's files are written into its temp dir but it is not renamed yet."""
+    folder = run / "checkpoints"
+    return folder.is_dir() and any(p.name.startswith(".step_") and (p / "meta.json").is_file() for p in folder.iterdir())
+
+
+def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> int:
+    os.kill(proc.pid, sig)
+    return proc.wait(timeout=120)

@@ -187,6 +187,14 @@ class _TiledLogitReduction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, chunk: int, kind: str,
                 rows: bool, cols: bool) -> Tensor:
+        # Forward and backward both run outside autocast, in the features' own dtype, so the tiles the backward
+        # recomputes match the saved log-sum-exp exactly.
+        with torch.autocast(a.device.type, enabled=False):
+            return _TiledLogitReduction._forward(ctx, a, c, scale, bias, chunk, kind, rows, cols)
+
+    @staticmethod
+    def _forward(ctx, a: Tensor, c: Tensor, scale: Tensor, bias: Tensor | None, chunk: int, kind: str,
+                 rows: bool, cols: bool) -> Tensor:
         dtype = torch.promote_types(a.dtype, c.dtype)
         a, c = a.to(dtype), c.to(dtype)  # (m, D), (n, D)
         acc_dtype = torch.promote_types(dtype, torch.float32)  # low-precision inputs accumulate in fp32
@@ -213,6 +221,11 @@ class _TiledLogitReduction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
+        with torch.autocast(grad.device.type, enabled=False):
+            return _TiledLogitReduction._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad: Tensor):
         a, c, scale, bias, lse_r, lse_c = ctx.saved_tensors
         acc_dtype = lse_r.dtype
         s, b = scale.to(acc_dtype), None if bias is None else bias.to(acc_dtype)

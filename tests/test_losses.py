@@ -330,3 +330,13 @@ def test_local_offset_out_of_range_raises():
     image, text, logit_scale, logit_bias = make_inputs(8)
     with pytest.raises(ValueError, match="offset"):
         siglip_loss_local(image[:4], text[:4], image, text, logit_scale, logit_bias, offset=6)
+
+
+@pytest.mark.parametrize("name", ["clip", "siglip"])
+def test_tiled_under_autocast_matches_plain(name):
+    inputs = make_inputs(40, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = value_and_grads(LOSSES[name], *inputs, chunk_size=16)
+    want = value_and_grads(LOSSES[name], *inputs)
+    for g, w in zip(got, want):
+        assert_close(g.float(), w, rtol=1e-5, atol=1e-6)

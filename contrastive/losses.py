@@ -64,6 +64,7 @@ class _Positives:
         self.text_ids, self.image_ids = text_ids, image_ids  # (n,) each, ids of every column's pair
         self.has_ids = text_ids is not None or image_ids is not None
         dense = [_dense_ids(ids) for ids in (text_ids, image_ids) if ids is not None]
+        self._diagonal_only = not dense
         if not dense:  # only the pair itself: group = column index
             groups = [(1, torch.arange(n, device=device), n)]
         elif len(dense) == 1:
@@ -86,9 +87,11 @@ class _Positives:
 
     def sum_over_columns(self, values: Tensor) -> Tensor:
         """(n, ...) -> (m, ...): out_i = Σ_j P_ij values_j."""
+        if self._diagonal_only:
+            return values[self.offset : self.offset + self.m]
         out = 0
         for sign, group, num in self._groups:
-            per_group = values.new_zeros((num, *values.shape[1:])).index_add(0, group, values)  # (num, ...)
+            per_group = values.new_zeros((num, *values.shape[1:])).index_add_(0, group, values)  # (num, ...)
             out = out + sign * per_group[group[self.offset : self.offset + self.m]]
         return out
 
@@ -261,7 +264,7 @@ class _TiledLogitReduction(torch.autograd.Function):
                 grad_bias = g * ((m if ctx.rows else 0) + (n if ctx.cols else 0))
             grad_bias = grad_bias.to(bias.dtype).reshape(bias.shape)
         gs = g * s
-        return ((gs * grad_a).to(a.dtype), (gs * grad_c).to(c.dtype),
+        return (grad_a.mul_(gs).to(a.dtype), grad_c.mul_(gs).to(c.dtype),
                 grad_scale.to(scale.dtype).reshape(scale.shape), grad_bias, None, None, None, None)
 
 

@@ -52,8 +52,8 @@ class _Positives:
     """Which (row, column) pairs are positives, for rows offset..offset+m-1 against columns 0..n-1.
 
     Rows and columns are pair indices (image i and text i form pair i); ids are per pair. Besides the explicit
-    mask (plain losses), it sums any per-column quantity over each row's positives (and vice versa) in O((m+n)·D)
-    through group sums: positives of row i = {same text} ∪ {same image} ∪ {itself}, and by inclusion-exclusion
+    mask (plain losses), it sums any per-column quantity over each row's positives in O((m + n)·D) through group
+    sums: positives of row i = {same text} ∪ {same image} ∪ {itself}, and by inclusion-exclusion
     Σ_{j∈P_i} v_j = Σ_{same text} v_j + Σ_{same image} v_j − Σ_{same text and image} v_j. This is what lets the
     tiled losses handle duplicates without touching the tiles.
     """
@@ -117,12 +117,13 @@ def _positives(
         raise ValueError(f"offset={offset} puts {m} local rows outside the {n} gathered columns")
     full_ids = []
     for name, local, full in (("text_ids", text_ids, all_text_ids), ("image_ids", image_ids, all_image_ids)):
+        full_name = f"all_{name}"
         if full is None and local is not None:
             if m != n:
-                raise ValueError(f"{name} given without all_{name}: pass the ids of every gathered pair too")
-            full = local  # global loss: the local rows are all rows
+                raise ValueError(f"{name} given without {full_name}: pass the ids of every gathered pair too")
+            full, full_name = local, name  # global loss: the local rows are all rows
         if full is not None and full.shape != (n,):
-            raise ValueError(f"all_{name} must have shape ({n},), got {tuple(full.shape)}")
+            raise ValueError(f"{full_name} must have shape ({n},), got {tuple(full.shape)}")
         if local is not None and not torch.equal(local, full[offset : offset + m]):
             raise ValueError(f"{name} must equal all_{name}[offset:offset + {m}] (got shape {tuple(local.shape)})")
         full_ids.append(full)
@@ -131,7 +132,8 @@ def _positives(
 
 def _check_chunk(chunk_size: int | None) -> None:
     if chunk_size is not None and chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive number of rows (or None for the plain loss), got {chunk_size}")
+        raise ValueError(f"chunk_size must be a positive number of rows (or None for the plain loss), "
+                         f"got {chunk_size}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -165,7 +167,8 @@ def _plain_sigmoid(rows: Tensor, cols: Tensor, scale: Tensor, bias: Tensor | Non
 # Both losses split into a part that needs every logit but no labels, and a label part that is linear in the
 # logits and so reduces to O(B·D) sums over positives:
 #   CLIP rows:  Σ_i CE_i = Σ_i LSE_j(L_ij) − Σ_i mean_{j∈P_i} L_ij             (columns alike)
-#   SigLIP:     Σ_ij −log σ(z_ij L_ij) = Σ_ij softplus(L_ij) − Σ_{ij∈P} L_ij   (since −log σ(−x) − x = −log σ(x))
+#   SigLIP:     Σ_ij −log σ(z_ij L_ij) = Σ_ij softplus(L_ij) − Σ_{ij∈P} L_ij
+#               (softplus(x) = −log σ(−x) and softplus(x) − x = −log σ(x))
 # The autograd Functions below compute the label-free part tile by tile; the positive part is ordinary autograd.
 
 
@@ -270,7 +273,10 @@ class _TiledLogitReduction(torch.autograd.Function):
 
 def _positive_logits(rows: Tensor, cols: Tensor, scale: Tensor, bias: Tensor | None, pos: _Positives,
                      mean_per_row: bool) -> Tensor:
-    """Σ_i Σ_{j∈P_i} L_ij, or Σ_i mean_{j∈P_i} L_ij, in O((m + n)·D) via group sums; rows (m, D), cols (n, D)."""
+    """Σ_i Σ_{j∈P_i} L_ij, or Σ_i mean_{j∈P_i} L_ij, in O((m + n)·D) via group sums.
+
+    rows (m, D) and cols (n, D) are the two towers' features; returns a 0-dim tensor in the accumulation dtype.
+    """
     acc_dtype = torch.promote_types(torch.promote_types(rows.dtype, cols.dtype), torch.float32)
     rows, cols = rows.to(acc_dtype), cols.to(acc_dtype)
     counts = pos.sum_over_columns(torch.ones(cols.shape[0], dtype=acc_dtype, device=cols.device))  # (m,) |P_i|

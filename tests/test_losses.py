@@ -199,7 +199,8 @@ def test_distinct_ids_equal_plain(name, chunk_size):
 
 def random_ids(bsz: int) -> dict[str, torch.Tensor]:
     """Ids with plenty of repeats in both towers."""
-    return dict(image_ids=torch.randint(0, max(1, bsz // 2), (bsz,)), text_ids=torch.randint(0, max(1, bsz // 3), (bsz,)))
+    return dict(image_ids=torch.randint(0, max(1, bsz // 2), (bsz,)),
+                text_ids=torch.randint(0, max(1, bsz // 3), (bsz,)))
 
 
 @pytest.mark.parametrize("name", ["clip", "siglip"])

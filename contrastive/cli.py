@@ -57,6 +57,86 @@ def config_command(argv: list[str]) -> int:
     return 0
 
 
+@command("rank", "rank candidate captions for images by the model's probabilities")
+def rank_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="contrastive rank", description="Zero-shot caption ranking.")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
+    parser.add_argument("--image", nargs="+", required=True, help="image file(s)")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--captions", nargs="+", help="candidate captions")
+    group.add_argument("--captions-file", help="candidate captions, one per line")
+    parser.add_argument("--json", action="store_true", help="print JSON: per image, the ranked captions")
+    parser.add_argument("--plot", default=None, help="write an image x caption probability heatmap (PNG)")
+    parser.add_argument("--top-k", type=int, default=None, help="show only the K most probable captions")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    import json
+
+    from .evaluate import read_lines
+    from .factory import load
+    from .rank import format_rankings, rankings_from_scores, rankings_to_json, score_captions
+
+    captions = args.captions if args.captions else read_lines(args.captions_file)
+    if args.top_k is not None and args.top_k < 1:
+        parser.error("--top-k must be >= 1")
+    model, preprocess, tokenizer = load(args.checkpoint, device=args.device)
+    scores = score_captions(model, preprocess, tokenizer, args.image, captions, device=args.device)
+    rankings = rankings_from_scores(args.image, captions, scores, args.top_k)
+    print(json.dumps(rankings_to_json(rankings), indent=1) if args.json else format_rankings(rankings))
+    if args.plot:
+        from .plots import plot_caption_heatmap
+
+        plot_caption_heatmap(args.image, captions, scores["probability"], args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+@command("eval", "zero-shot classification or retrieval metrics of a checkpoint (CLIP_benchmark-style JSON)")
+def eval_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="contrastive eval", description="Evaluate a checkpoint on a table.")
+    parser.add_argument("--task", required=True, choices=["zeroshot", "retrieval"])
+    parser.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
+    parser.add_argument("--data", required=True, help="CSV/TSV/JSONL table with image paths relative to it")
+    parser.add_argument("--classes", default=None, help="zeroshot: class names, one per line (default: the column's values)")
+    parser.add_argument("--class-key", default="label", help="zeroshot: column holding each image's class")
+    parser.add_argument("--templates", default=None, help="zeroshot: prompt templates with {}, one per line")
+    parser.add_argument("--image-key", default="image")
+    parser.add_argument("--caption-key", default="", help="retrieval: caption column (default: captions in JSONL, else caption)")
+    parser.add_argument("--output", default=None, help="also write the result JSON here")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    args = parser.parse_args(argv)
+    import json
+    from pathlib import Path
+
+    from .evaluate import evaluate_dataset
+
+    result = evaluate_dataset(args.checkpoint, args.data, args.task, image_key=args.image_key,
+                              caption_key=args.caption_key, class_key=args.class_key, classes_file=args.classes,
+                              templates_file=args.templates, batch_size=args.batch_size, device=args.device,
+                              precision=args.precision)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text + "\n")
+    return 0
+
+
+@command("plot", "write PNGs of loss, temperature, lr and eval metrics of a run directory")
+def plot_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="contrastive plot", description="Plot a run's metrics.jsonl.")
+    parser.add_argument("run_dir")
+    parser.add_argument("--output", default=None, help="folder for the PNGs (default: RUN_DIR/plots)")
+    args = parser.parse_args(argv)
+    from .plots import plot_run
+
+    for path in plot_run(args.run_dir, args.output):
+        print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):

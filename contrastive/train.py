@@ -30,7 +30,7 @@ from .checkpoint import (
 from .config import Config, ConfigError, config_to_dict, save_config
 from .data import ImageTextDataset, build_train_loader, build_transform, read_records
 from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_object, cleanup, init_distributed
-from .evaluate import autocast_context, evaluate_records
+from .evaluate import autocast_context, eval_postfix, evaluate_records, record_labels
 from .factory import create_model
 from .guards import NonFiniteGuard, check_inputs, save_or_report, step_if_finite
 from .losses import LOSSES
@@ -283,6 +283,8 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
         raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {len(dataset)} training samples")
     total_steps = t.max_steps if t.max_steps > 0 else t.epochs * steps_per_epoch
     val_records = read_records(cfg.data.val, cfg.data.image_key, cfg.data.caption_key) if cfg.data.val else None
+    if val_records is not None and "zeroshot" in cfg.eval.tasks:
+        record_labels(val_records, cfg.eval.zeroshot_class_key)  # a missing class column fails now, not at the first eval
     eval_transform = build_transform(cfg.model, cfg.data, train=False)
 
     optimizer = build_optimizer(model, cfg.optim, param_groups(model, cfg.optim))
@@ -308,7 +310,8 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
         bar = tqdm(total=total_steps, initial=progress.step, desc=run_dir.name, dynamic_ncols=True)
 
     def run_eval() -> dict[str, float]:
-        metrics = evaluate_records(model, val_records, eval_transform, tokenizer, batch_size=cfg.eval.batch_size,
+        metrics = evaluate_records(model, val_records, eval_transform, tokenizer, tasks=cfg.eval.tasks,
+                                   class_key=cfg.eval.zeroshot_class_key, batch_size=cfg.eval.batch_size,
                                    device=device, precision=t.precision)
         return {f"val/{k}": v for k, v in metrics.items()}
 
@@ -359,7 +362,7 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
                 logger.log(progress.step, values)
                 if bar is not None:
                     bar.set_postfix(loss=f"{mean_loss:.3f}", T=f"{values['logit_scale']:.1f}", lr=f"{lr:.1e}",
-                                    sps=f"{values['samples_per_s']:.0f}", **{k.split('/')[-1][:12]: f"{v:.3f}" for k, v in last_eval.items() if k.endswith('acc1')})
+                                    sps=f"{values['samples_per_s']:.0f}", **eval_postfix(last_eval))
                 loss_sum.zero_()
                 window_steps, window_start = 0, time.perf_counter()
             if bar is not None:

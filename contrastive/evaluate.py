@@ -241,6 +241,7 @@ def evaluate_dataset(checkpoint: str | Path, data: str | Path, task: str, *, ima
         templates = read_lines(templates_file) if templates_file else None
         if templates and any(t.format("x") == t for t in templates):
             raise DataError(f"{templates_file}: every template needs a {{}} slot for the class name")
+        label_indices(labels, classnames or sorted(set(labels)))  # a bad label fails before any embedding
         image_embeds = embed_images(model, [r.image for r in records], preprocess, **kwargs)
         metrics = zero_shot_evaluate(model, image_embeds, labels, tokenizer, classnames=classnames,
                                      templates=templates, **kwargs)

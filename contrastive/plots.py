@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +50,11 @@ def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return steps, [points[s] for s in steps]
 
 
+def _natural(key: str) -> list:
+    # recall@5 before recall@10
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
+
+
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Write loss.png, temperature.png, lr.png and (when the run evaluated) eval.png; returns their paths.
 
@@ -75,7 +81,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
         fig.savefig(out / f"{name}.png")
         written.append(out / f"{name}.png")
 
-    eval_keys = sorted({k for r in rows for k in r if k.startswith("val/")})
+    eval_keys = sorted({k for r in rows for k in r if k.startswith("val/")}, key=_natural)
     panels = []
     for title, ylabel, wanted in _EVAL_PANELS:
         keys = [k for k in eval_keys if wanted(k[len("val/"):]) and not k.endswith("_chance")]

@@ -75,7 +75,7 @@ def trained_run(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("trained_run")
     cfg = load_config(ROOT / "configs/shapes_tiny.yaml", [
-        *TINY_TOWERS, f"train.output_dir={out}", "train.run_name=run", "train.max_steps=150",
+        *TINY_TOWERS, f"train.output_dir={out}", "train.run_name=run", "train.max_steps=100",
         "train.progress_bar=false", "data.val=",
     ])
     return train(cfg)

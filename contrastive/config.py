@@ -78,7 +78,8 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     batch_size: int = 128  # global batch (all ranks, all micro-batches)
-    micro_batch_size: int = 0  # > 0: gradient caching with micro-batches of this size
+    micro_batch_size: int = 0  # > 0: gradient caching, each process embeds this many rows at a time
+    fsdp: bool = False  # distributed: shard the towers with FSDP2 fully_shard instead of replicating them (DDP)
     epochs: int = 10  # epochs to run when max_steps <= 0
     max_steps: int = 0  # > 0: total optimizer steps (overrides epochs)
     output_dir: str = "runs"  # parent folder of run directories
@@ -158,6 +159,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"train.micro_batch_size={t.micro_batch_size} must be between 1 and train.batch_size={t.batch_size} (or 0)"
         )
+    if t.fsdp and t.precision == "fp16":
+        raise ConfigError("train.fsdp=true does not support train.precision=fp16 (gradient scaling); use bf16")
     if t.max_steps <= 0 and t.epochs <= 0:
         raise ConfigError("set train.max_steps > 0 or train.epochs > 0")
     if o.lr < 0 or o.weight_decay < 0 or o.grad_clip < 0 or o.warmup_steps < 0:

@@ -14,6 +14,7 @@ import time
 from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -29,11 +30,25 @@ from .checkpoint import (
 )
 from .config import Config, ConfigError, config_to_dict, save_config
 from .data import ImageTextDataset, build_train_loader, build_transform, read_records
-from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_object, cleanup, init_distributed
+from .distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    broadcast_object,
+    cleanup,
+    clip_sharded_grad_norm_,
+    full_state_dicts,
+    global_batch_loss,
+    init_distributed,
+    is_sharded,
+    load_full_state_dicts,
+    shard_model,
+    sync_replicated_grads,
+)
 from .evaluate import autocast_context, eval_postfix, evaluate_records, record_labels
 from .factory import create_model
+from .gradcache import gradcache_backward
 from .guards import NonFiniteGuard, check_inputs, save_or_report, step_if_finite
-from .losses import LOSSES
 from .model import ContrastiveModel
 from .optim import build_optimizer, lr_at, param_groups, set_lr
 from .signals import GracefulStop, Interrupted
@@ -105,12 +120,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # one step
 
 
-def compute_loss(model: nn.Module, batch: dict[str, Any], cfg: Config) -> torch.Tensor:
-    """Forward both towers on the batch and return the contrastive loss (a 0-dim tensor)."""
+def compute_loss(model: nn.Module, batch: dict[str, Any], cfg: Config, info: DistInfo = DistInfo()) -> torch.Tensor:
+    """Forward both towers on this rank's batch and return its contrastive loss over the global batch (0-dim)."""
     out = model(batch["pixels"], batch["tokens"])
-    ids = {"image_ids": batch["image_ids"], "text_ids": batch["text_ids"]} if cfg.loss.duplicate_aware else {}
-    chunk = cfg.loss.chunk_size or None
-    return LOSSES[cfg.loss.name](out.image_embeds, out.text_embeds, out.logit_scale, out.logit_bias, chunk_size=chunk, **ids)
+    return global_batch_loss(out.image_embeds, out.text_embeds, out.logit_scale, out.logit_bias,
+                             batch["image_ids"], batch["text_ids"], cfg.loss, info)
 
 
 def unwrap(model: nn.Module) -> ContrastiveModel:
@@ -118,14 +132,27 @@ def unwrap(model: nn.Module) -> ContrastiveModel:
 
 
 def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               cfg: Config, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+               cfg: Config, device: torch.device, info: DistInfo = DistInfo()) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step; returns (loss, grad norm) as device tensors (no host sync)."""
-    with autocast_context(device, cfg.train.precision):
-        loss = compute_loss(model, batch, cfg)
-    scaler.scale(loss).backward()
+    micro = cfg.train.micro_batch_size
+    if 0 < micro < batch["pixels"].shape[0]:
+        def loss_fn(image, text, scale, bias):
+            return global_batch_loss(image, text, scale, bias, batch["image_ids"], batch["text_ids"], cfg.loss, info)
+
+        loss = gradcache_backward(model, batch["pixels"], batch["tokens"], loss_fn, micro,
+                                  autocast=lambda: autocast_context(device, cfg.train.precision), scale_loss=scaler.scale)
+    else:
+        with autocast_context(device, cfg.train.precision):
+            loss = compute_loss(model, batch, cfg, info)
+        scaler.scale(loss).backward()
+    sharded = is_sharded(unwrap(model))
+    if sharded:
+        sync_replicated_grads(model, info)
     scaler.unscale_(optimizer)
     params = [p for p in model.parameters() if p.grad is not None]
-    if cfg.optim.grad_clip > 0:
+    if sharded:
+        grad_norm = clip_sharded_grad_norm_(model, cfg.optim.grad_clip)
+    elif cfg.optim.grad_clip > 0:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
     else:
         grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
@@ -197,8 +224,14 @@ class Progress:
     nonfinite_streak: int = 0  # of which in a row, up to `step`
 
 
-def _checkpoint(run_dir: Path, model: nn.Module, optimizer, scaler, progress: Progress, cfg: Config, tokenizer) -> Path:
-    state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state()}
+def _checkpoint(run_dir: Path, model: nn.Module, optimizer, scaler, progress: Progress, cfg: Config, tokenizer,
+                full: tuple[dict, dict] | None = None) -> Path:
+    """Write a checkpoint (main process); `full`: whole (model, optimizer) state dicts of a sharded model."""
+    weights: Any = unwrap(model)
+    if full is not None:
+        weights = SimpleNamespace(state_dict=lambda: full[0])
+    state = {"optimizer": optimizer.state_dict() if full is None else full[1], "scaler": scaler.state_dict(),
+             "rng": rng_state()}
     meta = {
         "step": progress.step,
         "epoch": progress.epoch,
@@ -214,7 +247,7 @@ def _checkpoint(run_dir: Path, model: nn.Module, optimizer, scaler, progress: Pr
     extra = {}
     if hasattr(tokenizer, "tokenizer") and hasattr(tokenizer.tokenizer, "to_str"):
         extra["tokenizer.json"] = tokenizer.tokenizer.to_str()
-    path = save_checkpoint(run_dir / "checkpoints" / f"step_{progress.step:08d}", unwrap(model), state, meta, extra)
+    path = save_checkpoint(run_dir / "checkpoints" / f"step_{progress.step:08d}", weights, state, meta, extra)
     prune_checkpoints(run_dir / "checkpoints", cfg.train.keep_checkpoints, protect={progress.best_checkpoint})
     return path
 
@@ -223,9 +256,12 @@ def _restore(ckpt: Path, model: ContrastiveModel, optimizer, scaler, progress: P
     from .checkpoint import read_meta
 
     meta = read_meta(ckpt)
-    model.load_state_dict(load_weights(ckpt))
     state = load_state(ckpt)
-    optimizer.load_state_dict(state["optimizer"])
+    if is_sharded(model):
+        load_full_state_dicts(model, optimizer, load_weights(ckpt), state["optimizer"])
+    else:
+        model.load_state_dict(load_weights(ckpt))
+        optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     progress.step, progress.epoch, progress.batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
@@ -275,6 +311,8 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
     if t.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device)
+    if t.fsdp and info.enabled:
+        shard_model(model)  # before the optimizer: sharding replaces the parameters
 
     records = read_records(cfg.data.train, cfg.data.image_key, cfg.data.caption_key, cfg.data.format)
     dataset = ImageTextDataset(records, build_transform(cfg.model, cfg.data, train=True))
@@ -297,7 +335,7 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
             if info.is_main:
                 print(f"resumed from {ckpt} (step {progress.step})")
     train_model: nn.Module = model
-    if info.enabled:
+    if info.enabled and not t.fsdp:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if t.compile:
         train_model = torch.compile(train_model)
@@ -334,7 +372,7 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
         for batch in loader:
             lr = lr_at(progress.step, total_steps, cfg.optim)
             set_lr(optimizer, lr)
-            loss, grad_norm = train_step(train_model, to_device(batch, device), optimizer, scaler, cfg, device)
+            loss, grad_norm = train_step(train_model, to_device(batch, device), optimizer, scaler, cfg, device, info)
             guard.record(torch.isfinite(loss) & torch.isfinite(grad_norm), progress.step + 1)
             loss_sum += loss
             progress.step += 1
@@ -369,19 +407,21 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
                 bar.update(1)
 
             done = progress.step >= total_steps
-            if val_records is not None and info.is_main and (
+            sharded = is_sharded(model)  # a sharded model evaluates and gathers its state on every rank
+            if val_records is not None and (info.is_main or sharded) and (
                 (cfg.eval.every_n_steps > 0 and progress.step % cfg.eval.every_n_steps == 0) or done
             ):
                 last_eval = run_eval()
                 logger.log(progress.step, last_eval)
             if (t.save_every_n_steps > 0 and progress.step % t.save_every_n_steps == 0) or done or stopping:
                 sync_guard()
+                full = full_state_dicts(model, optimizer) if sharded else None
                 if info.is_main:
                     metric = last_eval.get(f"val/{cfg.eval.best_metric}")
                     if metric is not None and metric > progress.best_metric:
                         progress.best_metric = metric
                         progress.best_checkpoint = f"step_{progress.step:08d}"
-                    path = save_or_report(lambda: _checkpoint(run_dir, model, optimizer, scaler, progress, cfg, tokenizer),
+                    path = save_or_report(lambda: _checkpoint(run_dir, model, optimizer, scaler, progress, cfg, tokenizer, full),
                                           progress.step, run_dir / "checkpoints", t.on_checkpoint_error, done or stopping)
                     if path is not None and progress.nonfinite_streak == 0:
                         last_good = path

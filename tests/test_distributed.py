@@ -1,0 +1,107 @@
+"""Real multi-process runs (`torchrun --nproc_per_node=2`, gloo on CPU) against one process with the same global batch."""
+
+import json
+import shutil
+import socket
+import subprocess
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import PYTHON, ROOT, subprocess_env
+
+TINY = "{layers: 1, width: 32, heads: 2}"
+COMMON = [
+    f"model.image_encoder_args={TINY}", f"model.text_encoder_args={TINY}", "model.embed_dim=16",
+    "model.image_size=32", "model.context_length=32", "data.val=", "data.num_workers=0", "train.progress_bar=false",
+    "train.log_every_n_steps=1", "optim.grad_clip=0", "optim.warmup_steps=1", "train.batch_size=8",
+    "train.max_steps=3",
+    # attention key biases have gradients that are zero up to rounding; Adam's default eps would turn that noise
+    # into full-size steps that differ between runs, so weights are compared with a larger eps
+    "optim.eps=1e-3",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args: str) -> list[str]:
+    return [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", *args]
+
+
+def run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def train_cmd(out, *overrides: str) -> list[str]:
+    return ["-m", "contrastive", "train", "-c", str(ROOT / "configs/shapes_tiny.yaml"), *COMMON,
+            f"train.output_dir={out}", "train.run_name=run", *overrides]
+
+
+def metrics(run_dir) -> dict[int, dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {m["step"]: m for m in map(json.loads, lines) if "loss" in m}
+
+
+def weights(run_dir, step: int) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "checkpoints" / f"step_{step:08d}" / "model.safetensors"))
+
+
+def assert_same_run(got_dir, ref_dir, steps: list[int], final: int) -> None:
+    got, ref = metrics(got_dir), metrics(ref_dir)
+    assert sorted(got) == steps
+    for s in steps:
+        for key in ("loss", "grad_norm", "logit_scale"):  # grad_norm catches a gradient off by the world size
+            assert got[s][key] == pytest.approx(ref[s][key], rel=1e-5), (s, key, got[s][key], ref[s][key])
+    w, r = weights(got_dir, final), weights(ref_dir, final)
+    assert set(w) == set(r)
+    for k in r:
+        torch.testing.assert_close(w[k], r[k], rtol=1e-5, atol=1e-5, msg=lambda m: f"{k}: {m}")
+
+
+def test_gathered_loss_and_gradients_match_single_process():
+    """DDP and FSDP2, local and global loss, CLIP and SigLIP, tiled or not, with or without gradient caching:
+    mean loss over ranks and synchronised gradients equal one process on the whole batch."""
+    proc = run(torchrun(str(ROOT / "tests" / "dist_worker.py")))
+    assert "checks passed: 32" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    run([PYTHON, *train_cmd(out)])
+    return out / "run"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [
+    ["loss.local_loss=true"],
+    ["loss.local_loss=false"],
+    ["loss.local_loss=true", "train.micro_batch_size=3", "loss.chunk_size=3"],
+    ["train.fsdp=true", "train.micro_batch_size=2"],
+], ids=["local", "global", "gradcache-tiled", "fsdp-gradcache"])
+def test_torchrun_training_equals_single_process(tmp_path, single_run, overrides):
+    run(torchrun(*train_cmd(tmp_path, *overrides)))
+    assert_same_run(tmp_path / "run", single_run, [1, 2, 3], 3)
+
+
+@pytest.mark.slow
+def test_torchrun_resume_continues_exactly(tmp_path, single_run):
+    """Kill-and-resume under torchrun (FSDP, so sharded state is gathered and re-sharded) ends where one
+    uninterrupted single process ends."""
+    partial = ["train.fsdp=true", "train.save_every_n_steps=1", "train.keep_checkpoints=5"]
+    run(torchrun(*train_cmd(tmp_path, *partial)))
+    crashed = tmp_path / "run"
+    shutil.rmtree(crashed / "checkpoints" / "step_00000003")
+    (crashed / "checkpoints" / "latest").write_text("step_00000001\n")
+    shutil.rmtree(crashed / "checkpoints" / "step_00000002")
+    (crashed / "metrics.jsonl").write_text("")
+    proc = run(torchrun(*train_cmd(tmp_path, *partial, "train.resume=true")))
+    assert "resumed from" in proc.stdout and "(step 1)" in proc.stdout
+    assert_same_run(crashed, single_run, [2, 3], 3)

@@ -105,3 +105,19 @@ def test_torchrun_resume_continues_exactly(tmp_path, single_run):
     proc = run(torchrun(*train_cmd(tmp_path, *partial, "train.resume=true")))
     assert "resumed from" in proc.stdout and "(step 1)" in proc.stdout
     assert_same_run(crashed, single_run, [2, 3], 3)
+
+
+def test_fsdp_with_fp16_is_refused():
+    from contrastive.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="train.fsdp"):
+        load_config(None, ["train.fsdp=true", "train.precision=fp16"])
+    assert load_config(None, ["train.fsdp=true", "train.precision=bf16"]).train.fsdp
+
+
+def test_single_process_gather_is_identity():
+    from contrastive.distributed import DistInfo, all_gather_tensor, all_gather_with_grad
+
+    x = torch.randn(3, 4, requires_grad=True)
+    assert all_gather_with_grad(x, DistInfo()) is x
+    assert all_gather_tensor(x, DistInfo()) is x

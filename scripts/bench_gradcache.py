@@ -1,8 +1,12 @@
-"""Peak memory and throughput of one training step, plain vs gradient caching, for a model config.
+"""Activation memory, peak process memory and throughput of one training step, plain vs gradient caching.
 
-Each (batch, micro-batch) point runs in its own process so peak memory is not inherited from earlier points:
-CPU peak = growth of the process's max RSS over the timed steps (model, optimizer state and inputs are allocated
-before); CUDA peak = torch.cuda.max_memory_allocated. Synthetic inputs, AdamW steps, fp32 unless --precision.
+Each (batch, micro-batch) point runs in its own process. Reported per point:
+- samples/s over the timed steps (after one warm-up step);
+- the peak of autograd's saved activations during one step (bytes of the tensors autograd keeps for backward,
+  counted through saved-tensor hooks: exact and allocator-independent, so it shows what gradient caching saves);
+- the process's peak memory: max RSS on CPU (model, optimizer state, inputs and allocator slack included), or
+  torch.cuda.max_memory_allocated on CUDA.
+Synthetic inputs, AdamW steps, fp32 unless --precision.
 
     python scripts/bench_gradcache.py --batch 64 256 --micro 0 16 --steps 2
 """
@@ -48,8 +52,6 @@ def one(args: argparse.Namespace) -> dict:
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     for _ in range(args.steps):
         loss, _ = train_step(model, batch, optimizer, scaler, cfg, device)
@@ -57,12 +59,39 @@ def one(args: argparse.Namespace) -> dict:
     sync()
     elapsed = time.perf_counter() - start
     if device.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
     else:
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024  # KiB -> MiB
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
+    saved = SavedBytes()
+    with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+        train_step(model, batch, optimizer, scaler, cfg, device)
     return {"batch": args.batch, "micro": args.micro, "device": device.type, "precision": args.precision,
             "samples_per_s": round(args.batch * args.steps / elapsed, 1), "peak_mib": round(peak, 1),
-            "threads": torch.get_num_threads()}
+            "activations_mib": round(saved.peak / 2**20, 1), "threads": torch.get_num_threads()}
+
+
+class SavedBytes:
+    """Live and peak bytes of the tensors autograd saves for backward (a saved tensor counts until released)."""
+
+    def __init__(self) -> None:
+        self.live = self.peak = 0
+
+    def pack(self, t):
+        return _Held(t, self)
+
+    def unpack(self, held):
+        return held.tensor
+
+
+class _Held:
+    def __init__(self, tensor, counter: SavedBytes) -> None:
+        self.tensor, self.counter = tensor, counter
+        self.nbytes = tensor.numel() * tensor.element_size()
+        counter.live += self.nbytes
+        counter.peak = max(counter.peak, counter.live)
+
+    def __del__(self) -> None:
+        self.counter.live -= self.nbytes
 
 
 def main() -> None:
@@ -79,8 +108,8 @@ def main() -> None:
     if args.one:
         print(json.dumps(one(args)))
         return
-    print("| batch | micro-batch | samples/s | peak memory of the step (MiB) |")
-    print("|---:|---:|---:|---:|")
+    print("| batch | micro-batch | samples/s | saved activations, peak (MiB) | process peak (MiB) |")
+    print("|---:|---:|---:|---:|---:|")
     for batch in args.batch:
         for micro in args.micro:
             if micro >= batch:
@@ -89,7 +118,8 @@ def main() -> None:
                    str(micro), "--steps", str(args.steps), "--precision", args.precision, "--device", args.device,
                    *args.overrides]
             out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-            print(f"| {batch} | {micro or 'plain'} | {out['samples_per_s']} | {out['peak_mib']} |", flush=True)
+            print(f"| {batch} | {micro or 'plain'} | {out['samples_per_s']} | {out['activations_mib']} "
+                  f"| {out['peak_mib']} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ from contrastive.tokenizer import build_tokenizer
 
 
 def test_byte_tokenizer_fixed_length_and_specials():
-    tok = build_tokenizer("byte", 16)
+    tok = build_tokenizer("byte", 32)
     ids = tok(["a red circle", "Ünïcödé  text"])
-    assert ids.shape == (2, 16) and ids.dtype == torch.long
+    assert ids.shape == (2, 32) and ids.dtype == torch.long
     assert (ids[:, 0] == tok.sot_token_id).all()
     assert (ids == tok.eot_token_id).sum(1).tolist() == [1, 1]
     assert tok.eot_token_id == tok.vocab_size - 1  # highest id, as CLIP's vocabulary

@@ -137,6 +137,20 @@ def plot_command(argv: list[str]) -> int:
     return 0
 
 
+@command("export", "write a checkpoint as a transformers directory (CLIPModel or VisionTextDualEncoderModel)")
+def export_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="contrastive export", description="Export to transformers' format.")
+    parser.add_argument("--checkpoint", required=True, help="run directory, checkpoint directory or HF directory")
+    parser.add_argument("--output", required=True, help="directory to write (created if missing)")
+    parser.add_argument("--no-verify", action="store_true", help="skip reloading with transformers and comparing")
+    args = parser.parse_args(argv)
+    from .hf_export import export_hf, export_summary
+
+    diffs = export_hf(args.checkpoint, args.output, verify=not args.no_verify)
+    print(f"exported {args.checkpoint} -> {args.output}" + (f" (verified: {export_summary(diffs)})" if diffs else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):

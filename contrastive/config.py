@@ -39,6 +39,7 @@ class ModelConfig:
     image_std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])  # pixel std
     init_from: str = ""  # checkpoint, run directory or HF directory whose weights initialise the model
     trust_remote_code: bool = False  # let HF loaders run code shipped with a model/tokenizer (only for sources you trust)
+    preprocess_from_tower: bool = True  # pretrained hf:/timm:/torchvision: image towers set image_size/mean/std
 
 
 @dataclass
@@ -110,6 +111,22 @@ class EvalConfig:
 
 
 @dataclass
+class TowerTrainConfig:
+    lock: bool = False  # freeze the whole tower (LiT); it then runs in eval mode (no dropout, fixed statistics)
+    unlocked_layers: int = -1  # >= 0: train only the last N blocks and what follows them; -1 = every block
+    freeze_norms: bool = False  # freeze the weights of LayerNorm / GroupNorm / BatchNorm layers
+    freeze_bn_stats: bool = False  # BatchNorm layers normalise with, and keep, their running statistics
+    lr_scale: float = 1.0  # learning-rate multiplier for the tower (its projection keeps the base rate)
+
+
+@dataclass
+class FinetuneConfig:
+    image: TowerTrainConfig = field(default_factory=TowerTrainConfig)  # what to train in the image tower
+    text: TowerTrainConfig = field(default_factory=TowerTrainConfig)  # what to train in the text tower
+    layer_decay: float = 1.0  # layer-wise LR decay: block i of L gets decay**(L - i), embeddings decay**(L + 1)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -117,6 +134,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     name: str = "run"  # config name (the YAML file stem); names runs by default
 
     def __post_init__(self) -> None:
@@ -181,6 +199,13 @@ def validate(cfg: Config) -> None:
     for task in cfg.eval.tasks:
         if task not in ("retrieval", "zeroshot"):
             raise ConfigError(f"eval.tasks: unknown task {task!r} (use retrieval and/or zeroshot)")
+    ft = cfg.finetune
+    if not 0.0 < ft.layer_decay <= 1.0:
+        raise ConfigError(f"finetune.layer_decay must be in (0, 1], got {ft.layer_decay}")
+    for tower in ("image", "text"):
+        tc = getattr(ft, tower)
+        if tc.lr_scale < 0 or tc.unlocked_layers < -1:
+            raise ConfigError(f"finetune.{tower}: lr_scale must be >= 0 and unlocked_layers >= -1")
     if "zeroshot" in cfg.eval.tasks and not cfg.eval.zeroshot_class_key:
         raise ConfigError("eval.tasks has zeroshot but eval.zeroshot_class_key (the class column) is empty")
     _validate_run_settings(cfg)

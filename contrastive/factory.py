@@ -13,6 +13,7 @@ from .config import ConfigError, ModelConfig, config_from_dict
 from .data import build_transform
 from .encoders import create_encoder, encoder_modality
 from .model import ContrastiveModel
+from .pretrained import copy_pretrained_projections, resolve_model_config
 from .tokenizer import build_tokenizer, load_tokenizer_file
 
 
@@ -30,17 +31,21 @@ def create_model(cfg: ModelConfig, tokenizer=None) -> tuple[ContrastiveModel, Ca
         text_args.setdefault("context_length", cfg.context_length)
         text_args.setdefault("eot_token_id", tokenizer.eot_token_id)
         text_args.setdefault("pad_token_id", tokenizer.pad_token_id)
+    elif cfg.text_encoder.startswith("hf:"):
+        text_args.setdefault("eot_token_id", tokenizer.eot_token_id)  # used by pooling "eot"
     try:
         image_encoder = create_encoder(cfg.image_encoder, modality="image", **image_args)
         text_encoder = create_encoder(cfg.text_encoder, modality="text", **text_args)
     except KeyError as e:
         raise ConfigError(str(e).strip("'\"")) from None
     model = ContrastiveModel(image_encoder, text_encoder, cfg.embed_dim, cfg.init_logit_scale, cfg.init_logit_bias)
+    copy_pretrained_projections(model)
     return model, tokenizer
 
 
 def create_model_and_transforms(cfg: ModelConfig, data_cfg=None):
     """(model, train transform, eval transform, tokenizer)."""
+    cfg = resolve_model_config(cfg)
     model, tokenizer = create_model(cfg)
     return model, build_transform(cfg, data_cfg, train=True), build_transform(cfg, data_cfg, train=False), tokenizer
 
@@ -90,3 +95,6 @@ _EXTERNAL_LOADERS: list[tuple[Callable[[Path], bool], Callable]] = []
 
 def register_loader(predicate: Callable[[Path], bool], loader: Callable) -> None:
     _EXTERNAL_LOADERS.append((predicate, loader))
+
+
+from . import hf_import  # noqa: E402,F401  (registers loaders for transformers directories; imports stay lazy)

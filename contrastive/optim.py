@@ -13,13 +13,17 @@ from .config import OptimConfig
 _NO_DECAY_NAMES = ("embedding", "class_embedding", "logit_scale", "logit_bias")
 
 
+def no_weight_decay(name: str, p: nn.Parameter) -> bool:
+    return p.ndim <= 1 or any(k in name for k in _NO_DECAY_NAMES)
+
+
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """Two groups: matrices with weight decay; biases, norms, embeddings and temperature without."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim <= 1 or any(k in name for k in _NO_DECAY_NAMES):
+        if no_weight_decay(name, p):
             no_decay.append(p)
         else:
             decay.append(p)

@@ -49,6 +49,9 @@ from .evaluate import autocast_context, eval_postfix, evaluate_records, record_l
 from .factory import create_model
 from .gradcache import gradcache_backward
 from .guards import NonFiniteGuard, check_inputs, save_or_report, step_if_finite
+from .finetune import apply_finetune, finetune_param_groups
+from .hf_import import checkpoint_files
+from .pretrained import resolve_model_config
 from .model import ContrastiveModel
 from .optim import build_optimizer, lr_at, param_groups, set_lr
 from .signals import GracefulStop, Interrupted
@@ -247,6 +250,7 @@ def _checkpoint(run_dir: Path, model: nn.Module, optimizer, scaler, progress: Pr
     extra = {}
     if hasattr(tokenizer, "tokenizer") and hasattr(tokenizer.tokenizer, "to_str"):
         extra["tokenizer.json"] = tokenizer.tokenizer.to_str()
+    extra.update(checkpoint_files(unwrap(model), tokenizer))  # HF tower configs / tokenizer files, if any
     path = save_checkpoint(run_dir / "checkpoints" / f"step_{progress.step:08d}", weights, state, meta, extra)
     prune_checkpoints(run_dir / "checkpoints", cfg.train.keep_checkpoints, protect={progress.best_checkpoint})
     return path
@@ -298,6 +302,8 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
     if t.deterministic and device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     check_inputs(cfg)
+    # pretrained sources decide towers / preprocessing; the run saves the resolved config
+    cfg = dataclasses.replace(cfg, model=resolve_model_config(cfg.model))
     run_dir = broadcast_object(resolve_run_dir(cfg) if info.is_main else None, info)
     if info.is_main:
         prepare_run_dir(cfg, run_dir)
@@ -308,6 +314,7 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
     model, tokenizer = create_model(cfg.model)
     if cfg.model.init_from:
         init_weights_from(model, cfg.model.init_from)
+    apply_finetune(model, cfg.finetune)
     if t.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device)
@@ -325,7 +332,7 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
         record_labels(val_records, cfg.eval.zeroshot_class_key)  # a missing class column fails now, not at the first eval
     eval_transform = build_transform(cfg.model, cfg.data, train=False)
 
-    optimizer = build_optimizer(model, cfg.optim, param_groups(model, cfg.optim))
+    optimizer = build_optimizer(model, cfg.optim, finetune_param_groups(model, cfg.optim, cfg.finetune))
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
     progress = Progress()
     if t.resume:

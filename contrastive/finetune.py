@@ -1,0 +1,128 @@
+"""What to train in pretrained towers: locking (LiT), unfreezing the last N blocks, frozen norms and BatchNorm
+statistics, a learning rate per tower and layer-wise learning-rate decay.
+
+Layers of a tower are numbered 0 (everything before the first block: embeddings, stem), 1..L (the blocks), L + 1
+(everything after: final norm, pooler). Layer-wise decay gives layer l the scale `decay ** (L + 1 - l)`, so the top
+keeps the tower's rate and each step down is `decay` times slower. Frozen parameters get `requires_grad=False` and
+never reach the optimizer, so they stay bitwise unchanged (weight decay included).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .config import FinetuneConfig, OptimConfig, TowerTrainConfig
+from .optim import no_weight_decay
+
+TOWERS = ("image", "text")
+
+
+def tower_blocks(tower: nn.Module) -> list[nn.Module]:
+    """The tower's repeated blocks, input to output: its own `blocks()` when it has one, else the longest ModuleList
+    (`encoder.layers` of the built-in towers)."""
+    if callable(getattr(tower, "blocks", None)):
+        return list(tower.blocks())
+    lists = [m for m in tower.modules() if isinstance(m, nn.ModuleList)]
+    return list(max(lists, key=len)) if lists else []
+
+
+def layer_ids(tower: nn.Module) -> tuple[dict[str, int], int]:
+    """({parameter name: layer id}, number of blocks L); ids as in the module docstring."""
+    blocks = tower_blocks(tower)
+    block_of = {id(p): i + 1 for i, block in enumerate(blocks) for p in block.parameters()}
+    ids: dict[str, int] = {}
+    seen_block = False
+    for name, p in tower.named_parameters():
+        if id(p) in block_of:
+            ids[name] = block_of[id(p)]
+            seen_block = True
+        else:
+            # registration order: parameters before the first block are the input side, the rest the output side
+            ids[name] = len(blocks) + 1 if seen_block else 0
+    return ids, len(blocks)
+
+
+def _force_eval(module: nn.Module, args) -> None:
+    # runs before every forward, so the trainer's model.train() cannot switch dropout or BN statistics back on
+    if module.training:
+        module.eval()
+
+
+def keep_in_eval_mode(module: nn.Module) -> None:
+    if not getattr(module, "_kept_in_eval", False):
+        module.register_forward_pre_hook(_force_eval)
+        module._kept_in_eval = True
+
+
+def _is_norm(m: nn.Module) -> bool:
+    return isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)) or "Norm" in type(m).__name__
+
+
+def configure_tower(tower: nn.Module, cfg: TowerTrainConfig) -> None:
+    """Set requires_grad and eval-mode hooks on one tower as `cfg` asks."""
+    if cfg.lock:
+        tower.requires_grad_(False)
+        keep_in_eval_mode(tower)
+        return
+    if cfg.unlocked_layers >= 0:
+        ids, num_blocks = layer_ids(tower)
+        for name, p in tower.named_parameters():
+            if ids[name] <= num_blocks - cfg.unlocked_layers:
+                p.requires_grad_(False)
+    if cfg.freeze_norms:
+        for m in tower.modules():
+            if _is_norm(m):
+                m.requires_grad_(False)
+    if cfg.freeze_bn_stats:
+        for m in tower.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                keep_in_eval_mode(m)
+
+
+def apply_finetune(model: nn.Module, cfg: FinetuneConfig) -> None:
+    """Freeze what `cfg` says, in both towers of a ContrastiveModel (projections and temperature stay trainable)."""
+    configure_tower(model.image_encoder, cfg.image)
+    configure_tower(model.text_encoder, cfg.text)
+
+
+def lr_scales(model: nn.Module, cfg: FinetuneConfig) -> dict[str, float]:
+    """{parameter name: learning-rate multiplier} for every parameter of the model."""
+    scales = {name: 1.0 for name, _ in model.named_parameters()}
+    for tower_name in TOWERS:
+        tc: TowerTrainConfig = getattr(cfg, tower_name)
+        tower = getattr(model, f"{tower_name}_encoder")
+        ids, num_blocks = layer_ids(tower)
+        for name, layer in ids.items():
+            scales[f"{tower_name}_encoder.{name}"] = tc.lr_scale * cfg.layer_decay ** (num_blocks + 1 - layer)
+    return scales
+
+
+def finetune_param_groups(model: nn.Module, optim_cfg: OptimConfig, cfg: FinetuneConfig) -> list[dict]:
+    """AdamW groups by (weight decay, lr scale); the optimizer's lr for a group is `lr * group['lr_scale']`.
+
+    With default fine-tuning settings this is exactly `optim.param_groups` (decay, no_decay)."""
+    scales = lr_scales(model, cfg)
+    groups: dict[tuple[bool, float], dict] = {
+        (True, 1.0): {"params": [], "weight_decay": optim_cfg.weight_decay, "name": "decay", "lr_scale": 1.0},
+        (False, 1.0): {"params": [], "weight_decay": 0.0, "name": "no_decay", "lr_scale": 1.0},
+    }
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = not no_weight_decay(name, p)
+        key = (decay, round(scales[name], 12))
+        if key not in groups:
+            groups[key] = {"params": [], "weight_decay": optim_cfg.weight_decay if decay else 0.0,
+                           "name": f"{'decay' if decay else 'no_decay'}@{key[1]:.4g}", "lr_scale": key[1]}
+        groups[key]["params"].append(p)
+    return list(groups.values())
+
+
+def count_trainable(model: nn.Module) -> dict[str, int]:
+    """Trainable / total parameter counts per part (for logging)."""
+    parts = {"image_encoder": model.image_encoder, "text_encoder": model.text_encoder}
+    out = {}
+    for part, module in parts.items():
+        out[f"{part}_trainable"] = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        out[f"{part}_total"] = sum(p.numel() for p in module.parameters())
+    return out

@@ -1,0 +1,183 @@
+"""What to train: locking, last-N unfreezing, frozen norms / BN statistics, per-tower LR, layer-wise decay."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from contrastive.config import FinetuneConfig, OptimConfig, TowerTrainConfig, load_config
+from contrastive.encoders import create_encoder
+from contrastive.finetune import apply_finetune, finetune_param_groups, layer_ids, lr_scales
+from contrastive.model import ContrastiveModel
+from contrastive.optim import build_optimizer, param_groups
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny models: several threads only fight over the shared cores
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_model(image="vit_tiny", **image_args) -> ContrastiveModel:
+    image_enc = create_encoder(image, modality="image", **({"layers": 2} if image == "vit_tiny" else {}), **image_args)
+    return ContrastiveModel(image_enc, create_encoder("text_tiny", layers=3), 16)
+
+
+def batch(model, n=4):
+    size = getattr(model.image_encoder, "image_size", 64)
+    tokens = torch.randint(0, 256, (n, 12))
+    tokens[:, -1] = model.text_encoder.eot_token_id
+    return torch.randn(n, 3, size, size), tokens
+
+
+def train_steps(model, cfg: FinetuneConfig, steps=3, lr=1e-2):
+    optim_cfg = OptimConfig(lr=lr, weight_decay=0.5, fused=False)
+    opt = build_optimizer(model, optim_cfg, finetune_param_groups(model, optim_cfg, cfg))
+    model.train()
+    for _ in range(steps):
+        out = model(*batch(model))
+        loss = -(out.logits_per_image.log_softmax(-1).diagonal().mean())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_locked_tower_is_bitwise_unchanged_and_the_rest_trains():
+    model = tiny_model()
+    cfg = FinetuneConfig(text=TowerTrainConfig(lock=True))
+    apply_finetune(model, cfg)
+    text_before, image_before = snapshot(model.text_encoder), snapshot(model.image_encoder)
+    proj_before = model.text_projection.weight.detach().clone()
+    train_steps(model, cfg)
+    for k, v in model.text_encoder.state_dict().items():
+        assert torch.equal(v, text_before[k]), k
+    assert not model.text_encoder.training  # locked towers run in eval mode even inside model.train()
+    assert not torch.equal(model.text_projection.weight, proj_before)
+    changed = [k for k, v in model.image_encoder.state_dict().items() if not torch.equal(v, image_before[k])]
+    assert len(changed) == len(image_before)
+
+
+def test_unlocked_layers_freeze_everything_below_the_last_n_blocks():
+    model = tiny_model()
+    cfg = FinetuneConfig(text=TowerTrainConfig(unlocked_layers=1))
+    apply_finetune(model, cfg)
+    trainable = {n for n, p in model.text_encoder.named_parameters() if p.requires_grad}
+    # naive reference: block 2 (the last of 3) and the final norm, nothing else
+    expected = {n for n, _ in model.text_encoder.named_parameters()
+                if n.startswith("encoder.layers.2.") or n.startswith("final_layer_norm.")}
+    assert trainable == expected
+    before = snapshot(model.text_encoder)
+    train_steps(model, cfg)
+    for name, v in model.text_encoder.state_dict().items():
+        assert torch.equal(v, before[name]) == (name not in expected), name
+
+
+def test_unlocked_layers_zero_keeps_only_the_head():
+    model = tiny_model()
+    apply_finetune(model, FinetuneConfig(image=TowerTrainConfig(unlocked_layers=0)))
+    assert {n for n, p in model.image_encoder.named_parameters() if p.requires_grad} == {"post_layernorm.weight", "post_layernorm.bias"}
+
+
+def test_freeze_norms():
+    model = tiny_model()
+    apply_finetune(model, FinetuneConfig(image=TowerTrainConfig(freeze_norms=True)))
+    frozen = {n for n, p in model.image_encoder.named_parameters() if not p.requires_grad}
+    assert frozen and all("norm" in n or "layrnorm" in n for n in frozen)
+    assert len(frozen) == 2 * (2 * 2 + 2)  # two per block norm (2 per block, 2 blocks), pre and post norms
+
+
+def test_frozen_batchnorm_statistics_and_weights_stay_bitwise():
+    model = tiny_model("timm:test_resnet")
+    cfg = FinetuneConfig(image=TowerTrainConfig(freeze_bn_stats=True, freeze_norms=True))
+    apply_finetune(model, cfg)
+    bns = {n: m for n, m in model.image_encoder.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    before = {n: snapshot(m) for n, m in bns.items()}
+    assert bns
+    conv_before = model.image_encoder.model.conv1.weight.detach().clone()
+    model.image_encoder.image_size = 64
+    train_steps(model, cfg, steps=2)
+    for n, m in bns.items():
+        for k, v in m.state_dict().items():
+            if k != "num_batches_tracked":
+                assert torch.equal(v, before[n][k]), (n, k)
+    assert not torch.equal(model.image_encoder.model.conv1.weight, conv_before)
+
+
+def test_layer_decay_scales_match_a_naive_reference():
+    model = tiny_model()
+    cfg = FinetuneConfig(layer_decay=0.5, image=TowerTrainConfig(lr_scale=0.1))
+    scales = lr_scales(model, cfg)
+    for name, _ in model.named_parameters():
+        if name.startswith("image_encoder.encoder.layers."):
+            i = int(name.split(".")[3])
+            expected = 0.1 * 0.5 ** (2 - i)  # block i of 2 -> layer id i + 1, scale decay ** (L + 1 - id)
+        elif name.startswith("image_encoder.post_layernorm"):
+            expected = 0.1
+        elif name.startswith("image_encoder."):
+            expected = 0.1 * 0.5**3  # embeddings and pre-norm
+        elif name.startswith("text_encoder.encoder.layers."):
+            expected = 0.5 ** (3 - int(name.split(".")[3]))
+        elif name.startswith("text_encoder.final_layer_norm"):
+            expected = 1.0
+        elif name.startswith("text_encoder."):
+            expected = 0.5**4
+        else:
+            expected = 1.0  # projections and temperature
+        assert math.isclose(scales[name], expected, rel_tol=1e-12), name
+    opt = build_optimizer(model, OptimConfig(lr=2e-3, fused=False), finetune_param_groups(model, OptimConfig(), cfg))
+    by_param = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert math.isclose(by_param[id(p)], 2e-3 * scales[name], rel_tol=1e-9), name
+
+
+def test_default_settings_give_the_plain_two_groups():
+    model = tiny_model()
+    ours = finetune_param_groups(model, OptimConfig(), FinetuneConfig())
+    plain = param_groups(model, OptimConfig())
+    assert [g["name"] for g in ours] == [g["name"] for g in plain]
+    for a, b in zip(ours, plain):
+        assert [id(p) for p in a["params"]] == [id(p) for p in b["params"]]
+        assert a["weight_decay"] == b["weight_decay"]
+
+
+def test_layer_ids_order_embeddings_blocks_head():
+    ids, n = layer_ids(create_encoder("vit_tiny", layers=3))
+    assert n == 3
+    assert ids["embeddings.patch_embedding.weight"] == 0 and ids["pre_layrnorm.weight"] == 0
+    assert ids["encoder.layers.1.mlp.fc1.weight"] == 2 and ids["post_layernorm.bias"] == 4
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    model = tiny_model()
+    images, tokens = batch(model)
+
+    def grads():
+        model.zero_grad()
+        out = model(images, tokens)
+        (out.image_embeds @ out.text_embeds.T).sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    model.train()
+    plain = grads()
+    model.set_grad_checkpointing(True)
+    assert model.image_encoder.encoder.grad_checkpointing
+    for n, g in grads().items():
+        torch.testing.assert_close(g, plain[n], rtol=1e-5, atol=1e-6)
+
+
+def test_config_keys_and_validation():
+    cfg = load_config(None, ["finetune.image.lock=true", "finetune.text.unlocked_layers=2", "finetune.layer_decay=0.8",
+                             "finetune.text.lr_scale=0.1"])
+    assert cfg.finetune.image.lock and cfg.finetune.text.unlocked_layers == 2 and cfg.finetune.text.lr_scale == 0.1
+    with pytest.raises(Exception, match="layer_decay"):
+        load_config(None, ["finetune.layer_decay=0"])
+    with pytest.raises(Exception, match="did you mean"):
+        load_config(None, ["finetune.image.lok=true"])

@@ -55,7 +55,11 @@ def _hf_tokenizer(tokenizer, context_length: int):
     from .hf_tokenizer import HFTokenizer
 
     if isinstance(tokenizer, HFTokenizer):
-        return tokenizer.hf_tokenizer
+        import copy
+
+        hf_tok = copy.deepcopy(tokenizer.hf_tokenizer)
+        hf_tok.model_max_length = context_length  # `truncation=True` then cuts where the toolkit did
+        return hf_tok
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
@@ -111,11 +115,11 @@ def to_transformers(model, tokenizer, cfg: ModelConfig):
         config = VisionTextDualEncoderConfig.from_vision_text_configs(vc, tc, projection_dim=model.embed_dim,
                                                                       logit_scale_init_value=scale)
         out = VisionTextDualEncoderModel(config)
-        # a built-in tower sits inside CLIPVisionModel / CLIPTextModel as their `vision_model` / `text_model`
-        (out.vision_model if isinstance(image, HFTower) else out.vision_model.vision_model).load_state_dict(
-            image.model.state_dict() if isinstance(image, HFTower) else image.state_dict())
-        (out.text_model if isinstance(text, HFTower) else out.text_model.text_model).load_state_dict(
-            text.model.state_dict() if isinstance(text, HFTower) else text.state_dict())
+        for tower, holder, attr in ((image, out.vision_model, "vision_model"), (text, out.text_model, "text_model")):
+            if isinstance(tower, HFTower):
+                holder.load_state_dict(tower.model.state_dict())
+            else:  # older transformers nest the bare transformer one level deeper in CLIPVisionModel / CLIPTextModel
+                getattr(holder, attr, holder).load_state_dict(tower.state_dict())
         processor = VisionTextDualEncoderProcessor(image_processor=image_processor, tokenizer=hf_tok)
     with torch.no_grad():
         out.visual_projection.weight.copy_(model.image_projection.weight)

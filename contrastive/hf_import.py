@@ -64,6 +64,9 @@ def model_config_from_hf(path: str | Path):
                   image_mean=(pre[1] if pre and pre[1] else defaults.image_mean),
                   image_std=(pre[2] if pre and pre[2] else defaults.image_std),
                   init_logit_scale=float(hf.logit_scale_init_value), preprocess_from_tower=False)
+    tok_cfg = path / "tokenizer_config.json"
+    tok_max = json.loads(tok_cfg.read_text()).get("model_max_length") if tok_cfg.is_file() else None
+    tok_max = int(tok_max) if isinstance(tok_max, (int, float)) and tok_max < 1e6 else 10**6
     if dual_encoder_type(path) == "clip" and _fits_builtin(vc) and _fits_builtin(tc):
         eot = tc.eos_token_id
         # configs from before transformers PR 24773 say eos 2 and pool at the highest id, CLIP's end-of-text
@@ -75,41 +78,39 @@ def model_config_from_hf(path: str | Path):
                          width=int(tc.hidden_size), layers=int(tc.num_hidden_layers), heads=int(tc.num_attention_heads),
                          mlp_ratio=tc.intermediate_size / tc.hidden_size, act=tc.hidden_act, eot_token_id=eot)
         return ModelConfig(image_encoder="vit_b32", text_encoder="text_b", image_encoder_args=image_args,
-                           text_encoder_args=text_args, context_length=int(tc.max_position_embeddings), **common)
+                           text_encoder_args=text_args, context_length=min(int(tc.max_position_embeddings), tok_max),
+                           **common)
     context = int(getattr(tc, "max_position_embeddings", 77) or 77)
     if dual_encoder_type(path) != "clip":
         context = min(context, 77)  # captions are short; BERT-style towers allow 512 positions
+    context = min(context, tok_max)
     pooler = {"pooling": "pooler"}
     return ModelConfig(image_encoder=f"hf:{path}", text_encoder=f"hf:{path}", image_encoder_args=dict(pooler),
                        text_encoder_args=dict(pooler), context_length=context, **common)
 
 
-def hf_state_dict(weights: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
-    """Map a dual encoder's weights onto a ContrastiveModel's parameter names."""
-    from .encoders.hf import HFTower
+def hf_state_dict(dual, model) -> dict[str, torch.Tensor]:
+    """A loaded transformers dual encoder's weights under a ContrastiveModel's parameter names."""
+    from .encoders.hf import HFTower, dual_tower
 
     out: dict[str, torch.Tensor] = {}
-    for tower_name, prefix, proj_src, proj_dst in (("image_encoder", "vision_model.", "visual_projection.weight", "image_projection.weight"),
-                                                   ("text_encoder", "text_model.", "text_projection.weight", "text_projection.weight")):
-        tower = getattr(model, tower_name)
-        own = tower.state_dict()
-        inner = tower.model.state_dict() if isinstance(tower, HFTower) else own
-        dst = f"{tower_name}.model." if isinstance(tower, HFTower) else f"{tower_name}."
-        stripped = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-        kept = {k: v for k, v in weights.items() if k.startswith(prefix)}
-        source = next((c for c in (stripped, kept) if set(inner) <= set(c)), None)
-        if source is None:
-            raise CheckpointError(f"the {tower_name} weights do not match (missing e.g. {sorted(set(inner) - set(stripped))[:3]})")
-        out.update({dst + k: source[k] for k in inner})
-        out[proj_dst] = weights[proj_src]
-    out["logit_scale"] = weights["logit_scale"].reshape(())
+    for modality, proj_src, proj_dst in (("image", "visual_projection", "image_projection"),
+                                         ("text", "text_projection", "text_projection")):
+        tower = getattr(model, f"{modality}_encoder")
+        if isinstance(tower, HFTower):
+            state = {f"model.{k}": v for k, v in dual_tower(dual, modality).state_dict().items()}
+        else:  # built-in towers share the layout of CLIP's bare vision / text transformers
+            state = (dual.vision_model if modality == "image" else dual.text_model).state_dict()
+        out.update({f"{modality}_encoder.{k}": v for k, v in state.items()})
+        out[f"{proj_dst}.weight"] = getattr(dual, proj_src).weight
+    out["logit_scale"] = dual.logit_scale.detach().reshape(())
     return out
 
 
 def load_hf_dir(path: Path, device: str | torch.device = "cpu"):
     """`contrastive.load` for CLIPModel / VisionTextDualEncoderModel directories -> (model, preprocess, tokenizer)."""
     from .data import build_transform
-    from .encoders.hf import read_hf_weights
+    from .encoders.hf import load_dual_model
     from .factory import create_model
 
     cfg = model_config_from_hf(path)
@@ -117,7 +118,9 @@ def load_hf_dir(path: Path, device: str | torch.device = "cpu"):
         cfg = dataclasses.replace(cfg, image_encoder_args={**cfg.image_encoder_args, "pretrained": False},
                                   text_encoder_args={**cfg.text_encoder_args, "pretrained": False})
     model, tokenizer = create_model(cfg)
-    model.load_state_dict(hf_state_dict(read_hf_weights(path), model))
+    missing, unexpected = model.load_state_dict(hf_state_dict(load_dual_model(path), model), strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.to(device).eval()
     return model, build_transform(cfg, None, train=False), tokenizer
 

@@ -51,7 +51,7 @@ class HFTokenizer:
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
-        full = self.hf_tokenizer(texts, truncation=False, padding=False)["input_ids"]
+        full = self.hf_tokenizer(texts, truncation=False, padding=False, verbose=False)["input_ids"]
         self.num_texts += len(texts)
         self.num_truncated += sum(1 for ids in full if len(ids) > self.context_length)
         batch = self.hf_tokenizer(texts, truncation=True, max_length=self.context_length, padding="max_length",

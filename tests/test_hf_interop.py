@@ -148,6 +148,7 @@ def test_export_refuses_poolings_transformers_cannot_apply(tmp_path):
         export_hf(run, tmp_path / "export")
 
 
+@pytest.mark.slow  # a subprocess importing torch and transformers
 def test_cli_export(tmp_path, capsys):
     run = small_run(tmp_path)
     ok = subprocess.run([PYTHON, "-m", "contrastive", "export", "--checkpoint", str(run), "--output", str(tmp_path / "out")],

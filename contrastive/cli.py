@@ -151,6 +151,33 @@ def export_command(argv: list[str]) -> int:
     return 0
 
 
+@command("tokenizer", "train a BPE tokenizer on captions: tokenizer train --data FILE --vocab-size N --output DIR")
+def tokenizer_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="contrastive tokenizer", description="Train a byte-level BPE tokenizer.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    tr = sub.add_parser("train", help="train on the captions of a CSV/TSV/JSONL table or a text file (one per line)")
+    tr.add_argument("--data", required=True, help="captions: a table (see --caption-key) or a .txt file")
+    tr.add_argument("--vocab-size", type=int, required=True, help="tokens in the vocabulary, special tokens included")
+    tr.add_argument("--output", required=True, help="directory for tokenizer.json")
+    tr.add_argument("--caption-key", default="caption", help="caption column of a table")
+    tr.add_argument("--min-frequency", type=int, default=2, help="least count of a pair to be merged")
+    args = parser.parse_args(argv)
+    from pathlib import Path
+
+    from .data import DataError
+    from .data.sources import iter_captions
+    from .tokenizer import train_bpe
+
+    if args.vocab_size < 259:
+        raise DataError(f"--vocab-size {args.vocab_size} is below the 256 bytes + 3 special tokens")
+    tok = train_bpe(iter_captions(args.data, args.caption_key), args.vocab_size, args.min_frequency)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tokenizer.json").write_text(tok.to_str())
+    print(f"wrote {out / 'tokenizer.json'} ({tok.get_vocab_size()} tokens); use it with model.tokenizer=bpe:{out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):

@@ -62,6 +62,14 @@ class DataConfig:
     crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])  # RandomResizedCrop scale range
     on_bad_sample: str = "skip"  # skip (count and replace) | error (stop at the first)
     max_bad_fraction: float = 0.1  # stop when more than this fraction of samples seen are bad
+    bad_check_after: int = 1000  # samples loaded before data.max_bad_fraction is checked
+    max_image_pixels: int = 89_478_485  # larger images are skipped as decompression bombs (Pillow's default limit)
+    split: str = "train"  # HF dataset split used for data.train
+    pin_memory: bool = True  # page-locked batches for faster host-to-GPU copies (CUDA only)
+    persistent_workers: bool = False  # keep dataloader workers alive across epochs (tables and HF datasets)
+    prefetch_factor: int = 4  # batches each worker prepares ahead
+    shuffle_buffer: int = 1000  # webdataset: samples in the shuffle buffer of each worker
+    samples_per_epoch: int = 0  # webdataset: samples per epoch (0 = counted from local shards; needed for remote ones)
 
 
 @dataclass
@@ -189,6 +197,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
     if not 0.0 <= cfg.data.max_bad_fraction <= 1.0:
         raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {cfg.data.max_bad_fraction}")
+    minimum = {"num_workers": 0, "bad_check_after": 0, "samples_per_epoch": 0, "max_image_pixels": 1,
+               "prefetch_factor": 1, "shuffle_buffer": 1}
+    for key, lo in minimum.items():
+        if getattr(cfg.data, key) < lo:
+            raise ConfigError(f"data.{key} must be >= {lo}, got {getattr(cfg.data, key)}")
     if len(cfg.data.crop_scale) != 2 or not 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1:
         raise ConfigError(f"data.crop_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {cfg.data.crop_scale}")
     for n in ("image_mean", "image_std"):

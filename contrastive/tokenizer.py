@@ -10,7 +10,9 @@ import json
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from typing import Iterable
+
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 PAD, SOT, EOT = "<|pad|>", "<|startoftext|>", "<|endoftext|>"
 
@@ -43,16 +45,37 @@ def _char_byte(c: str) -> int:
     return dict(zip(map(chr, cs), bs))[c]
 
 
-def _finish(tok: Tokenizer) -> None:
+def _pipeline(tok: Tokenizer) -> None:
     tok.normalizer = normalizers.Sequence(
         [normalizers.NFC(), normalizers.Lowercase(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()]
     )
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
+
+
+def _finish(tok: Tokenizer) -> None:
+    _pipeline(tok)
     tok.add_special_tokens([PAD, SOT, EOT])
     tok.post_processor = processors.TemplateProcessing(
         single=f"{SOT} $A {EOT}", special_tokens=[(SOT, tok.token_to_id(SOT)), (EOT, tok.token_to_id(EOT))]
     )
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
+    """Train a byte-level BPE on `texts` with the byte tokenizer's normalisation and pre-tokenisation.
+
+    Every byte stays a token (any text encodes); the special tokens take the last three ids, so end-of-text is the
+    highest id and the vocabulary holds exactly `vocab_size` tokens.
+    """
+    if vocab_size < 256 + 3:
+        raise ValueError(f"vocab size {vocab_size} is below the 256 bytes + 3 special tokens")
+    tok = Tokenizer(models.BPE())
+    _pipeline(tok)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 3, min_frequency=min_frequency, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
+    tok.train_from_iterator(texts, trainer)
+    _finish(tok)
+    return tok
 
 
 class TextTokenizer:

@@ -29,7 +29,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import Config, ConfigError, config_to_dict, save_config
-from .data import ImageTextDataset, build_train_loader, build_transform, read_records
+from .data import TrainData, build_transform, read_records
 from .distributed import (
     DistInfo,
     all_reduce_mean,
@@ -228,13 +228,15 @@ class Progress:
 
 
 def _checkpoint(run_dir: Path, model: nn.Module, optimizer, scaler, progress: Progress, cfg: Config, tokenizer,
-                full: tuple[dict, dict] | None = None) -> Path:
+                full: tuple[dict, dict] | None = None, train_data: TrainData | None = None) -> Path:
     """Write a checkpoint (main process); `full`: whole (model, optimizer) state dicts of a sharded model."""
     weights: Any = unwrap(model)
     if full is not None:
         weights = SimpleNamespace(state_dict=lambda: full[0])
     state = {"optimizer": optimizer.state_dict() if full is None else full[1], "scaler": scaler.state_dict(),
              "rng": rng_state()}
+    if train_data is not None:
+        state["data"] = train_data.state_dict()
     meta = {
         "step": progress.step,
         "epoch": progress.epoch,
@@ -256,7 +258,8 @@ def _checkpoint(run_dir: Path, model: nn.Module, optimizer, scaler, progress: Pr
     return path
 
 
-def _restore(ckpt: Path, model: ContrastiveModel, optimizer, scaler, progress: Progress) -> None:
+def _restore(ckpt: Path, model: ContrastiveModel, optimizer, scaler, progress: Progress,
+             train_data: TrainData | None = None) -> None:
     from .checkpoint import read_meta
 
     meta = read_meta(ckpt)
@@ -268,6 +271,8 @@ def _restore(ckpt: Path, model: ContrastiveModel, optimizer, scaler, progress: P
         optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
+    if train_data is not None and "data" in state:
+        train_data.load_state_dict(state["data"])
     progress.step, progress.epoch, progress.batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
     progress.best_metric = meta.get("best_metric") if meta.get("best_metric") is not None else -math.inf
     progress.best_checkpoint = meta.get("best_checkpoint", "")
@@ -321,11 +326,10 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
     if t.fsdp and info.enabled:
         shard_model(model)  # before the optimizer: sharding replaces the parameters
 
-    records = read_records(cfg.data.train, cfg.data.image_key, cfg.data.caption_key, cfg.data.format)
-    dataset = ImageTextDataset(records, build_transform(cfg.model, cfg.data, train=True))
-    steps_per_epoch = len(dataset) // t.batch_size
+    train_data = TrainData(cfg.data, cfg.model, tokenizer, t.batch_size, t.seed, info.rank, info.world_size)
+    steps_per_epoch = train_data.steps_per_epoch
     if steps_per_epoch == 0:
-        raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {len(dataset)} training samples")
+        raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {train_data.num_samples} training samples")
     total_steps = t.max_steps if t.max_steps > 0 else t.epochs * steps_per_epoch
     val_records = read_records(cfg.data.val, cfg.data.image_key, cfg.data.caption_key) if cfg.data.val else None
     if val_records is not None and "zeroshot" in cfg.eval.tasks:
@@ -338,7 +342,7 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
     if t.resume:
         ckpt = latest_checkpoint(run_dir / "checkpoints")
         if ckpt is not None:
-            _restore(ckpt, model, optimizer, scaler, progress)
+            _restore(ckpt, model, optimizer, scaler, progress, train_data)
             if info.is_main:
                 print(f"resumed from {ckpt} (step {progress.step})")
     train_model: nn.Module = model
@@ -374,9 +378,7 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
 
     model.train()
     while progress.step < total_steps and not stopping:
-        loader = build_train_loader(dataset, tokenizer, cfg.data, t.batch_size, t.seed, progress.epoch,
-                                    progress.batch_in_epoch, info.rank, info.world_size)
-        for batch in loader:
+        for batch in train_data.batches(progress.epoch, progress.batch_in_epoch):
             lr = lr_at(progress.step, total_steps, cfg.optim)
             set_lr(optimizer, lr)
             loss, grad_norm = train_step(train_model, to_device(batch, device), optimizer, scaler, cfg, device, info)
@@ -403,11 +405,12 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
                     "samples_per_s": window_steps * t.batch_size / max(elapsed, 1e-9),
                     "epoch": progress.epoch,
                     "nonfinite_steps": progress.nonfinite_steps,
+                    "bad_samples": train_data.tracker.total,
                 }
                 logger.log(progress.step, values)
                 if bar is not None:
                     bar.set_postfix(loss=f"{mean_loss:.3f}", T=f"{values['logit_scale']:.1f}", lr=f"{lr:.1e}",
-                                    sps=f"{values['samples_per_s']:.0f}", **eval_postfix(last_eval))
+                                    sps=f"{values['samples_per_s']:.0f}", **train_data.postfix(), **eval_postfix(last_eval))
                 loss_sum.zero_()
                 window_steps, window_start = 0, time.perf_counter()
             if bar is not None:
@@ -428,7 +431,7 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
                     if metric is not None and metric > progress.best_metric:
                         progress.best_metric = metric
                         progress.best_checkpoint = f"step_{progress.step:08d}"
-                    path = save_or_report(lambda: _checkpoint(run_dir, model, optimizer, scaler, progress, cfg, tokenizer, full),
+                    path = save_or_report(lambda: _checkpoint(run_dir, model, optimizer, scaler, progress, cfg, tokenizer, full, train_data),
                                           progress.step, run_dir / "checkpoints", t.on_checkpoint_error, done or stopping)
                     if path is not None and progress.nonfinite_streak == 0:
                         last_good = path
@@ -443,6 +446,10 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
                                        f"{latest_checkpoint(run_dir / 'checkpoints')}; rerun with train.resume=true")
     if info.is_main:
         summary = {"steps": progress.step, **{k: round(v, 4) for k, v in last_eval.items()}}
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         print(f"done: {run_dir} " + " ".join(f"{k}={v}" for k, v in summary.items()))
+        data_summary = train_data.summary()
+        print(f"data: bad samples skipped: {train_data.tracker.describe()} ({data_summary['bad_skips']} skips in "
+              f"{data_summary['samples_loaded']} loads); captions truncated: {data_summary['truncated_captions']} of "
+              f"{data_summary['captions_seen']}")
+        (run_dir / "summary.json").write_text(json.dumps({**summary, "data": data_summary}, indent=1))
     return run_dir

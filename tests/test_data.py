@@ -282,6 +282,7 @@ def _cli_train(tmp_path, *overrides):
     return subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_error_mode_and_bad_fraction_exit_2_with_one_line(tmp_path, bad_files):
     csv_path = tmp_path / "bad.csv"
     write_bad_csv(csv_path, bad_files, 55)
@@ -316,6 +317,7 @@ def test_hf_save_to_disk_trains_and_counts_truncation(tmp_path):
     assert summary["bad_samples"] == {}
 
 
+@pytest.mark.slow
 def test_hf_imagefolder_trains(tmp_path, bad_files):
     folder = tmp_path / "folder" / "train"
     folder.mkdir(parents=True)

@@ -25,3 +25,27 @@ def test_bpe_file_roundtrip(tmp_path):
     tok.save(tmp_path)
     again = build_tokenizer(f"bpe:{tmp_path / 'tokenizer.json'}", 12)
     assert torch.equal(tok(["hello there"]), again(["hello there"]))
+
+
+def test_tokenizer_train_cli_makes_a_bpe_the_model_can_use(tmp_path):
+    import subprocess
+
+    from tests.conftest import PYTHON, ROOT, subprocess_env
+
+    out = tmp_path / "tok"
+    r = subprocess.run([PYTHON, "-m", "contrastive", "tokenizer", "train", "--data", str(ROOT / "data/shapes/train.csv"),
+                        "--vocab-size", "400", "--output", str(out)], capture_output=True, text=True, env=subprocess_env(),
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    bpe, byte = build_tokenizer(f"bpe:{out}", 48), build_tokenizer("byte", 48)
+    assert bpe.vocab_size == 400 and bpe.eot_token_id == 399  # specials last: end-of-text is the highest id
+    text = ["A Large  RED circle in the top left", "ünïcödé ✓"]
+    ids = bpe(text)
+    assert bpe.decode(ids) == byte.decode(byte(text))  # same normalisation as the byte tokenizer
+    assert (ids[0] != bpe.pad_token_id).sum() < (byte(text)[0] != byte.pad_token_id).sum() / 2  # merges learned
+
+
+def test_tokenizer_train_rejects_tiny_vocab(tmp_path):
+    from contrastive.cli import main
+
+    assert main(["tokenizer", "train", "--data", "x.txt", "--vocab-size", "100", "--output", str(tmp_path)]) == 2

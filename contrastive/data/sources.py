@@ -114,11 +114,14 @@ class TableSource:
         self.image_key, self.caption_key = image_key, caption_key
         # (line number, image, caption(s), other fields) per row; None marks a missing or unparseable value
         self.rows: list[tuple[int, Any, Any, dict]] = []
-        with p.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
-            if self.fmt == "jsonl":
-                self._read_jsonl(f)
-            else:
-                self._read_csv(f)
+        try:
+            with p.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
+                if self.fmt == "jsonl":
+                    self._read_jsonl(f)
+                else:
+                    self._read_csv(f)
+        except csv.Error as e:  # NUL bytes, oversized fields: the file is not a table we can read
+            raise DataError(f"{path}: malformed table ({e})") from None
         if not self.rows:
             raise DataError(f"{path}: no rows")
 

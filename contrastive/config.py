@@ -81,7 +81,8 @@ class OptimConfig:
     warmup_steps: int = 50  # linear warmup steps
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
     grad_clip: float = 1.0  # max global gradient norm (0 = off)
-    fused: bool = True  # fused AdamW kernel where the device supports it
+    fused: bool = True  # fused AdamW kernel (CUDA and CPU)
+    foreach: bool = True  # multi-tensor AdamW when the fused kernel is off (false: one parameter at a time)
 
 
 @dataclass
@@ -101,7 +102,8 @@ class TrainConfig:
     log_every_n_steps: int = 10  # metrics.jsonl / TensorBoard / progress bar refresh period
     save_every_n_steps: int = 0  # checkpoint period in steps (0 = only at the end)
     keep_checkpoints: int = 2  # most recent checkpoints kept (plus the best by eval metric)
-    compile: bool = False  # torch.compile the model and loss
+    compile: bool = False  # torch.compile the model forward and the loss as one graph
+    fused_qkv: bool = True  # built-in towers compute q/k/v in one GEMM (same parameters and state-dict names)
     deterministic: bool = True  # deterministic algorithms (CPU runs are exactly reproducible)
     grad_checkpointing: bool = False  # recompute tower activations in the backward pass
     progress_bar: bool = True  # tqdm progress bar

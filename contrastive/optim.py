@@ -39,8 +39,12 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, groups: list[dict] | Non
         g.setdefault("lr_scale", 1.0)
         g["lr"] = cfg.lr * g["lr_scale"]
     device = next(model.parameters()).device
-    fused = cfg.fused and device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
+    # on CPU the fused kernel is used for plain tensors only (sharded DTensor parameters take the foreach path)
+    plain = all(type(p) in (torch.Tensor, nn.Parameter) for g in groups for p in g["params"])
+    fused = cfg.fused and (device.type == "cuda" or (device.type == "cpu" and plain))
+    # both implementations compute the same update; they differ in how many kernels run per step
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None,
+                             foreach=None if fused else cfg.foreach)
 
 
 def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:

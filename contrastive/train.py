@@ -55,6 +55,7 @@ from .pretrained import resolve_model_config
 from .model import ContrastiveModel
 from .optim import build_optimizer, lr_at, param_groups, set_lr
 from .signals import GracefulStop, Interrupted
+from .speed import set_fused_qkv, step_loss_fn
 
 
 class RunError(RuntimeError):
@@ -135,8 +136,9 @@ def unwrap(model: nn.Module) -> ContrastiveModel:
 
 
 def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               cfg: Config, device: torch.device, info: DistInfo = DistInfo()) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step; returns (loss, grad norm) as device tensors (no host sync)."""
+               cfg: Config, device: torch.device, info: DistInfo = DistInfo(), loss_fn=compute_loss) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step; returns (loss, grad norm) as device tensors (no host sync). `loss_fn` may be
+    `compute_loss` compiled (see `speed.step_loss_fn`)."""
     micro = cfg.train.micro_batch_size
     if 0 < micro < batch["pixels"].shape[0]:
         def loss_fn(image, text, scale, bias):
@@ -146,7 +148,7 @@ def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.O
                                   autocast=lambda: autocast_context(device, cfg.train.precision), scale_loss=scaler.scale)
     else:
         with autocast_context(device, cfg.train.precision):
-            loss = compute_loss(model, batch, cfg, info)
+            loss = loss_fn(model, batch, cfg, info)
         scaler.scale(loss).backward()
     sharded = is_sharded(unwrap(model))
     if sharded:
@@ -322,6 +324,7 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
     apply_finetune(model, cfg.finetune)
     if t.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    set_fused_qkv(model, t.fused_qkv)
     model.to(device)
     if t.fsdp and info.enabled:
         shard_model(model)  # before the optimizer: sharding replaces the parameters
@@ -348,7 +351,8 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
     train_model: nn.Module = model
     if info.enabled and not t.fsdp:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if t.compile:
+    loss_fn = step_loss_fn(compute_loss, t.compile and not info.enabled)
+    if t.compile and info.enabled:  # keep the loss's collectives out of the graph: compile the towers only
         train_model = torch.compile(train_model)
 
     logger = MetricsLogger(run_dir, info.is_main)
@@ -381,7 +385,7 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
         for batch in train_data.batches(progress.epoch, progress.batch_in_epoch):
             lr = lr_at(progress.step, total_steps, cfg.optim)
             set_lr(optimizer, lr)
-            loss, grad_norm = train_step(train_model, to_device(batch, device), optimizer, scaler, cfg, device, info)
+            loss, grad_norm = train_step(train_model, to_device(batch, device), optimizer, scaler, cfg, device, info, loss_fn)
             guard.record(torch.isfinite(loss) & torch.isfinite(grad_norm), progress.step + 1)
             loss_sum += loss
             progress.step += 1

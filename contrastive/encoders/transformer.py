@@ -13,6 +13,13 @@ from torch.utils.checkpoint import checkpoint
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention with separate q/k/v projections (transformers' parameter names).
+
+    With `fused_qkv` (the default) the three projections run as one (3C, C) matrix product on weights concatenated
+    at run time: one GEMM instead of three, forward and backward, while the parameters, their names and the state
+    dict stay those of three `nn.Linear`s. Projections replaced by other modules (adapters) run unfused.
+    """
+
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         if width % heads:
@@ -22,11 +29,22 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(width, width)
         self.v_proj = nn.Linear(width, width)
         self.out_proj = nn.Linear(width, width)
+        self.fused_qkv = True
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, C) -> q, k, v each (B, heads, T, C // heads)."""
+        B, T, C = x.shape
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        if self.fused_qkv and all(type(p) is nn.Linear for p in projections):
+            weight = torch.cat([p.weight for p in projections])  # (3C, C)
+            bias = torch.cat([p.bias for p in projections])  # (3C,)
+            qkv = F.linear(x, weight, bias).view(B, T, 3, self.heads, C // self.heads)
+            return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        return tuple(p(x).view(B, T, self.heads, C // self.heads).transpose(1, 2) for p in projections)
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         B, T, C = x.shape
-        # (B, T, C) -> (B, heads, T, C // heads)
-        q, k, v = (p(x).view(B, T, self.heads, C // self.heads).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = self._qkv(x)  # (B, heads, T, C // heads) each
         y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
 

@@ -1,0 +1,413 @@
+"""Training-speed benchmark: this toolkit's train step against OpenCLIP's, alternating in one process.
+
+A *contender* is one way of running a training step (a model, its optimizer and a step function). All contenders
+of a run share one architecture size (`BenchSpec`), batch, precision and AdamW settings, and run in turns — one
+step each, round after round — so that load from other processes on a shared machine falls on all of them alike;
+ratios are medians over rounds. Per contender the report gives samples/s, the time split of a step (data / forward
+/ backward / optimizer, from separate synchronised steps), peak memory, FLOPs per sample (`torch.utils.flop_counter`)
+and MFU against the matmul rate measured on the same device in the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from .config import Config, LossConfig, OptimConfig, TrainConfig
+from .encoders import TextTransformer, VisionTransformer
+from .model import ContrastiveModel
+from .optim import build_optimizer, param_groups
+from .speed import set_fused_qkv, step_loss_fn
+from .train import compute_loss, train_step
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """Architecture sizes shared by every contender (CLIP's ViT image tower + causal text tower)."""
+
+    image_size: int
+    patch_size: int
+    vision_width: int
+    vision_layers: int
+    vision_heads: int
+    text_width: int
+    text_layers: int
+    text_heads: int
+    context_length: int
+    vocab_size: int
+    embed_dim: int
+    batch_size: int
+
+
+SPECS: dict[str, BenchSpec] = {
+    # the default recipe's towers (configs/shapes_tiny.yaml), for CPU
+    "tiny": BenchSpec(64, 8, 192, 4, 3, 192, 4, 3, 64, 259, 128, 128),
+    "b32": BenchSpec(224, 32, 768, 12, 12, 512, 12, 8, 77, 49408, 512, 512),
+    "b16": BenchSpec(224, 16, 768, 12, 12, 512, 12, 8, 77, 49408, 512, 256),
+    "l14": BenchSpec(224, 14, 1024, 24, 16, 768, 12, 12, 77, 49408, 768, 128),
+}
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """Switches of this toolkit's step; `plain` turns every optimisation off."""
+
+    fused_adamw: bool = True  # optim.fused
+    foreach: bool = True  # optim.foreach (used when fused_adamw is off)
+    fused_qkv: bool = True  # train.fused_qkv
+    compile: bool = False  # train.compile
+    sync_each_step: bool = False  # read the loss on the host after every step (what logging every step costs)
+
+
+# name -> options; "default" is what `contrastive train` runs with the shipped config defaults
+VARIANTS: dict[str, StepOptions] = {
+    "plain": StepOptions(fused_adamw=False, foreach=False, fused_qkv=False),
+    "+foreach_adamw": StepOptions(fused_adamw=False, foreach=True, fused_qkv=False),
+    "+fused_adamw": StepOptions(fused_adamw=True, fused_qkv=False),
+    "+fused_qkv": StepOptions(fused_adamw=False, foreach=False, fused_qkv=True),
+    "default": StepOptions(),
+    "default+sync": StepOptions(sync_each_step=True),
+    "default+compile": StepOptions(compile=True),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# contenders
+
+
+class PhaseScaler(torch.amp.GradScaler):
+    """A GradScaler that stamps phase boundaries: `scale` ends the forward, `unscale_` ends the backward.
+
+    Both train steps call them in that order, so the real step functions are timed without being rewritten.
+    """
+
+    def __init__(self, device: torch.device, enabled: bool) -> None:
+        super().__init__(device.type, enabled=enabled)
+        self.device = device
+        self.marks: list[tuple[str, float]] = []
+
+    def mark(self, name: str) -> None:
+        synchronize(self.device)
+        self.marks.append((name, time.perf_counter()))
+
+    def scale(self, outputs):  # type: ignore[override]
+        self.mark("forward")
+        return super().scale(outputs)
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        self.mark("backward")
+        super().unscale_(optimizer)
+
+
+@dataclass
+class Contender:
+    name: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    step: Callable[[dict[str, Any], torch.amp.GradScaler], Any]  # one optimizer step on a device batch
+    sync_each_step: bool = False
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_config(spec: BenchSpec, precision: str, options: StepOptions, lr: float = 5e-4) -> Config:
+    """The run config whose train step a toolkit contender executes (plain CLIP loss, as OpenCLIP's)."""
+    return Config(
+        loss=LossConfig(name="clip", duplicate_aware=False),
+        optim=OptimConfig(lr=lr, fused=options.fused_adamw, foreach=options.foreach),
+        train=TrainConfig(batch_size=spec.batch_size, precision=precision, compile=options.compile,
+                          fused_qkv=options.fused_qkv),
+    )
+
+
+def build_toolkit_model(spec: BenchSpec) -> ContrastiveModel:
+    image = VisionTransformer(spec.image_size, spec.patch_size, spec.vision_width, spec.vision_layers, spec.vision_heads)
+    text = TextTransformer(spec.vocab_size, spec.context_length, spec.text_width, spec.text_layers, spec.text_heads,
+                           eot_token_id=spec.vocab_size - 1)
+    return ContrastiveModel(image, text, spec.embed_dim)
+
+
+def toolkit_contender(name: str, spec: BenchSpec, device: torch.device, precision: str, options: StepOptions) -> Contender:
+    cfg = bench_config(spec, precision, options)
+    model = build_toolkit_model(spec).to(device)
+    set_fused_qkv(model, options.fused_qkv)
+    optimizer = build_optimizer(model, cfg.optim, param_groups(model, cfg.optim))
+    loss_fn = step_loss_fn(compute_loss, options.compile)
+
+    def step(batch: dict[str, Any], scaler: torch.amp.GradScaler):
+        return train_step(model, batch, optimizer, scaler, cfg, device, loss_fn=loss_fn)[0]
+
+    return Contender(name, model, optimizer, step, options.sync_each_step)
+
+
+def openclip_contender(name: str, spec: BenchSpec, device: torch.device, precision: str, compile: bool = False,
+                       lr: float = 5e-4) -> Contender:
+    """OpenCLIP's CLIP at the same sizes, stepped as its `train_one_epoch` does (autocast, ClipLoss, clip grad
+    norm, AdamW with torch's default implementation, logit-scale clamp)."""
+    from open_clip.loss import ClipLoss
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    vision = CLIPVisionCfg(layers=spec.vision_layers, width=spec.vision_width,
+                           head_width=spec.vision_width // spec.vision_heads, patch_size=spec.patch_size,
+                           image_size=spec.image_size)
+    text = CLIPTextCfg(context_length=spec.context_length, vocab_size=spec.vocab_size, width=spec.text_width,
+                       heads=spec.text_heads, layers=spec.text_layers)
+    model = CLIP(spec.embed_dim, vision, text, output_dict=True).to(device)
+    o = OptimConfig(lr=lr)
+
+    def no_decay(n: str, p: torch.Tensor) -> bool:  # OpenCLIP's exclusion rule
+        return p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n
+
+    named = list(model.named_parameters())
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for n, p in named if no_decay(n, p)], "weight_decay": 0.0},
+         {"params": [p for n, p in named if not no_decay(n, p)], "weight_decay": o.weight_decay}],
+        lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    loss_fn = ClipLoss()
+    forward = torch.compile(model) if compile else model
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def step(batch: dict[str, Any], scaler: torch.amp.GradScaler):
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            out = forward(batch["pixels"], batch["tokens"])
+            loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        return loss.detach()
+
+    return Contender(name, model, optimizer, step)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# inputs
+
+
+def synthetic_batch(spec: BenchSpec, device: torch.device, seed: int = 0) -> dict[str, Any]:
+    """Random pixels and full-length captions ending in end-of-text (the highest id, as both towers pool there)."""
+    g = torch.Generator().manual_seed(seed)
+    B, T = spec.batch_size, spec.context_length
+    tokens = torch.randint(1, spec.vocab_size - 1, (B, T), generator=g)
+    tokens[:, -1] = spec.vocab_size - 1
+    return {
+        "pixels": torch.randn(B, 3, spec.image_size, spec.image_size, generator=g).to(device),  # (B, 3, S, S)
+        "tokens": tokens.to(device),  # (B, T)
+        "image_ids": torch.arange(B, device=device),
+        "text_ids": torch.arange(B, device=device),
+    }
+
+
+def loader_batches(data: str, spec: BenchSpec, device: torch.device, num_workers: int, pin_memory: bool) -> Iterator[dict[str, Any]]:
+    """Endless batches of real images and captions through the training loader (transforms, tokenizer, workers)."""
+    from .config import DataConfig, ModelConfig
+    from .data import ImageTextDataset, build_train_loader, build_transform, read_records
+    from .tokenizer import build_tokenizer
+    from .train import to_device
+
+    if spec.vocab_size < 259:
+        raise ValueError("end-to-end mode uses the byte tokenizer, which needs vocab_size >= 259")
+    model_cfg = ModelConfig(image_size=spec.image_size, context_length=spec.context_length)
+    data_cfg = DataConfig(train=data, num_workers=num_workers)
+    records = read_records(data, data_cfg.image_key, data_cfg.caption_key)
+    dataset = ImageTextDataset(records, build_transform(model_cfg, data_cfg, train=True))
+    tokenizer = build_tokenizer("byte", spec.context_length)
+    epoch = 0
+    while True:
+        loader = build_train_loader(dataset, tokenizer, data_cfg, spec.batch_size, 0, epoch, 0)
+        loader.pin_memory = pin_memory and device.type == "cuda"
+        for batch in loader:
+            yield to_device(batch, device)
+        epoch += 1
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# measurements
+
+
+_CPU_SDPA = {}
+if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    # the flop counter knows the CUDA attention kernels but not the CPU one; count it with the same formula
+    def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query, key, value)
+
+    def _cpu_sdpa_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
+    _CPU_SDPA = {
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
+    }
+
+
+def step_flops(contender: Contender, batch: dict[str, Any], device: torch.device) -> int:
+    """FLOPs of one training step (forward + backward; the optimizer's elementwise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    with FlopCounterMode(display=False, custom_mapping=_CPU_SDPA) as counter:
+        contender.step(batch, scaler)
+    return int(counter.get_total_flops())
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 3) -> float:
+    """Best FLOP/s of an (n x n) @ (n x n) product on this device: the MFU denominator."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def phase_split(contender: Contender, batches: Iterator[dict[str, Any]], device: torch.device, precision: str,
+                steps: int) -> dict[str, float]:
+    """Mean seconds per step spent in data / forward / backward / optimizer (synchronised at each boundary)."""
+    totals = {"data": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+    scaler = PhaseScaler(device, enabled=precision == "fp16")
+    for _ in range(steps):
+        scaler.marks.clear()
+        scaler.mark("start")
+        batch = next(batches)
+        scaler.mark("data")
+        contender.step(batch, scaler)
+        scaler.mark("optimizer")
+        for (_, t0), (name, t1) in zip(scaler.marks, scaler.marks[1:]):
+            totals[name] += t1 - t0
+    return {k: v / steps for k, v in totals.items()}
+
+
+def peak_memory(contender: Contender, batch: dict[str, Any], device: torch.device, precision: str) -> float:
+    """Peak bytes held during one step: CUDA's allocator peak; on CPU the tensors alive before the step (weights,
+    gradients, optimizer state) plus the highest rise of allocations during it (from the profiler's memory events)."""
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        contender.step(batch, scaler)
+        synchronize(device)
+        return float(torch.cuda.max_memory_allocated(device))
+    from torch.profiler import ProfilerActivity, profile
+
+    live = [p for p in contender.model.parameters()]
+    live += [t for s in contender.optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    before = sum(t.numel() * t.element_size() for t in live)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        contender.step(batch, scaler)
+    rise, peak = 0, 0
+    for e in sorted((e for e in prof.events() if e.name == "[memory]"), key=lambda e: e.time_range.start):
+        rise += e.cpu_memory_usage
+        peak = max(peak, rise)
+    return float(before + peak)
+
+
+@dataclass
+class Result:
+    name: str
+    samples_per_s: float
+    step_s: float  # median seconds per step over rounds
+    round_s: list[float] = field(default_factory=list)
+    phases_s: dict[str, float] = field(default_factory=dict)
+    peak_memory_gib: float = 0.0
+    gflop_per_sample: float = 0.0
+    mfu: float = 0.0
+    speedup_vs_reference: float = 1.0  # median over rounds of (reference step time / this step time)
+    compile_s: float = 0.0  # first-step time (includes compilation for compiled contenders)
+
+
+def run_alternating(contenders: list[Contender], batches: Iterator[dict[str, Any]], device: torch.device,
+                    precision: str, rounds: int, steps_per_round: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per step of each contender in each round; contenders take turns (one block of steps each)."""
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    times: dict[str, list[float]] = {c.name: [] for c in contenders}
+    for r in range(rounds):
+        order = contenders if r % 2 == 0 else contenders[::-1]  # no contender always runs right after another
+        for c in order:
+            batch_list = [next(batches) for _ in range(steps_per_round)]
+            synchronize(device)
+            t0 = time.perf_counter()
+            for batch in batch_list:
+                loss = c.step(batch, scaler)
+                if c.sync_each_step:
+                    loss.item()
+            synchronize(device)
+            times[c.name].append((time.perf_counter() - t0) / steps_per_round)
+    return times
+
+
+def run_end_to_end(contenders: list[Contender], batches: Iterator[dict[str, Any]], device: torch.device,
+                   precision: str, rounds: int, steps_per_round: int) -> dict[str, list[float]]:
+    """Like `run_alternating`, but fetching each batch from the loader inside the timed block, so waiting for data
+    counts (workers keep preparing batches while a step runs)."""
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    times: dict[str, list[float]] = {c.name: [] for c in contenders}
+    for r in range(rounds):
+        for c in contenders if r % 2 == 0 else contenders[::-1]:
+            synchronize(device)
+            t0 = time.perf_counter()
+            for _ in range(steps_per_round):
+                c.step(next(batches), scaler)
+            synchronize(device)
+            times[c.name].append((time.perf_counter() - t0) / steps_per_round)
+    return times
+
+
+def summarise(contenders: list[Contender], times: dict[str, list[float]], batch_size: int, reference: str) -> list[Result]:
+    results = []
+    for c in contenders:
+        ts = times[c.name]
+        ratios = [ref / t for ref, t in zip(times[reference], ts)]
+        step_s = statistics.median(ts)
+        results.append(Result(c.name, batch_size / step_s, step_s, [round(t, 4) for t in ts],
+                              speedup_vs_reference=statistics.median(ratios)))
+    return results
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def markdown_table(results: list[Result], reference: str) -> str:
+    rows = ["| contender | samples/s | × " + reference + " | step ms | data / fwd / bwd / opt ms | peak GiB | GFLOP/sample | MFU |",
+            "|---|---:|---:|---:|---|---:|---:|---:|"]
+    for r in results:
+        ph = " / ".join(f"{1000 * r.phases_s.get(k, 0.0):.0f}" for k in ("data", "forward", "backward", "optimizer"))
+        rows.append(f"| {r.name} | {r.samples_per_s:,.1f} | {r.speedup_vs_reference:.2f} | {1000 * r.step_s:.0f} | {ph} "
+                    f"| {r.peak_memory_gib:.2f} | {r.gflop_per_sample:.2f} | {100 * r.mfu:.1f}% |")
+    return "\n".join(rows)
+
+
+def as_dict(result: Result) -> dict[str, Any]:
+    return dataclasses.asdict(result)

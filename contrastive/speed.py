@@ -1,0 +1,34 @@
+"""Run-time switches that make the train step faster without changing what it computes.
+
+Each switch has a config key and is measured on and off by `scripts/bench.py`:
+
+- `train.fused_qkv`: q/k/v of the built-in towers as one GEMM (`set_fused_qkv`); parameter names are unchanged.
+- `train.compile`: `torch.compile` of the model forward and the loss together (`step_loss_fn`).
+- `optim.fused` / `optim.foreach`: AdamW's fused kernel (CUDA and CPU) or its multi-tensor path (see `optim.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .encoders.transformer import Attention
+
+
+def set_fused_qkv(model: nn.Module, enable: bool = True) -> int:
+    """Switch every built-in attention layer of `model` to (or from) the fused q/k/v GEMM; returns how many."""
+    layers = [m for m in model.modules() if isinstance(m, Attention)]
+    for m in layers:
+        m.fused_qkv = enable
+    return len(layers)
+
+
+def step_loss_fn(loss_fn: Callable[..., torch.Tensor], compile: bool, **compile_args: Any) -> Callable[..., torch.Tensor]:
+    """`loss_fn(model, batch, cfg)` as is, or compiled as one graph: both towers' forward and the loss.
+
+    Compiling the function (not just the module) lets the compiler fuse the projection, normalisation and the
+    logits / cross-entropy of the loss with the towers' last layers.
+    """
+    return torch.compile(loss_fn, **compile_args) if compile else loss_fn

@@ -1,0 +1,161 @@
+"""The speed switches change how the step runs, never what it computes; the benchmark's measurements are sound."""
+
+import copy
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from contrastive import benchmark as B
+from contrastive.encoders.transformer import Attention
+from contrastive.speed import set_fused_qkv, step_loss_fn
+from contrastive.train import compute_loss, train_step
+
+# a spec small enough for many steps on a busy CPU
+MICRO = B.BenchSpec(image_size=16, patch_size=8, vision_width=32, vision_layers=2, vision_heads=2, text_width=32,
+                    text_layers=2, text_heads=2, context_length=12, vocab_size=50, embed_dim=16, batch_size=6)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_qkv_matches_separate_projections(causal):
+    attn = Attention(24, 3)
+    x = torch.randn(2, 7, 24, requires_grad=True)
+    grads = {}
+    outs = {}
+    for fused in (False, True):
+        attn.fused_qkv = fused
+        attn.zero_grad()
+        x.grad = None
+        y = attn(x, causal=causal)
+        (y * torch.randn_like(y, generator=torch.Generator().manual_seed(1))).sum().backward()
+        outs[fused] = y.detach()
+        grads[fused] = [x.grad.clone()] + [p.grad.clone() for p in attn.parameters()]
+    torch.testing.assert_close(outs[True], outs[False], rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads[True], grads[False]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_qkv_keeps_state_dict_names():
+    model = B.build_toolkit_model(MICRO)
+    before = set(model.state_dict())
+    assert set_fused_qkv(model, True) == MICRO.vision_layers + MICRO.text_layers
+    after = set(model.state_dict())
+    assert before == after
+    assert "image_encoder.encoder.layers.0.self_attn.q_proj.weight" in after
+    assert not any("qkv" in k for k in after)
+
+
+def test_fused_qkv_runs_unfused_around_replaced_projections():
+    class Scaled(nn.Module):  # stands in for an adapter wrapping a projection
+        def __init__(self, inner: nn.Linear) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return 2 * self.inner(x)
+
+    attn = Attention(16, 2)
+    x = torch.randn(3, 5, 16)
+    attn.fused_qkv = False
+    attn.v_proj = Scaled(attn.v_proj)
+    expected = attn(x)
+    attn.fused_qkv = True
+    torch.testing.assert_close(attn(x), expected)
+
+
+def _run_steps(options: B.StepOptions, batches: list[dict], steps: int = 3):
+    torch.manual_seed(0)
+    c = B.toolkit_contender("x", MICRO, torch.device("cpu"), "fp32", options)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    losses = [c.step(b, scaler) for b in batches[:steps]]
+    return torch.stack(losses), c.model.state_dict(), c.optimizer
+
+
+def test_optimised_step_equals_plain_step():
+    batches = [B.synthetic_batch(MICRO, torch.device("cpu"), seed=s) for s in range(3)]
+    plain_losses, plain_weights, plain_opt = _run_steps(B.VARIANTS["plain"], batches)
+    assert not plain_opt.defaults["fused"] and not plain_opt.defaults["foreach"]
+    for name in ("+foreach_adamw", "+fused_adamw", "+fused_qkv", "default"):
+        losses, weights, opt = _run_steps(B.VARIANTS[name], batches)
+        torch.testing.assert_close(losses, plain_losses, rtol=1e-5, atol=1e-6)
+        for k in plain_weights:
+            torch.testing.assert_close(weights[k], plain_weights[k], rtol=1e-4, atol=1e-6, msg=f"{name}: {k}")
+    assert opt.defaults["fused"]  # the default step really uses the fused kernel on CPU
+    # the steps moved the weights: equality above is not equality of untouched initialisations
+    torch.manual_seed(0)
+    init = B.build_toolkit_model(MICRO).state_dict()
+    assert (weights["image_encoder.encoder.layers.0.mlp.fc1.weight"] - init["image_encoder.encoder.layers.0.mlp.fc1.weight"]).abs().max() > 1e-4
+
+
+@pytest.mark.slow
+def test_compiled_loss_equals_eager():
+    cfg = B.bench_config(MICRO, "fp32", B.StepOptions())
+    torch.manual_seed(0)
+    model = B.build_toolkit_model(MICRO)
+    twin = copy.deepcopy(model)
+    batch = B.synthetic_batch(MICRO, torch.device("cpu"))
+    compiled = step_loss_fn(compute_loss, True)
+    loss_c = compiled(model, batch, cfg)
+    loss_c.backward()
+    loss_e = compute_loss(twin, batch, cfg)
+    loss_e.backward()
+    torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
+    for (n, a), b in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def _forward_flops(spec: B.BenchSpec) -> tuple[int, int, int]:
+    """(all, patch convolution, attention) matmul FLOPs of one forward pass of the toolkit model, by hand."""
+    Bn, E = spec.batch_size, spec.embed_dim
+    attention = 0
+
+    def tower(T, C, L):
+        nonlocal attention
+        attention += L * 2 * 2 * Bn * T * T * C  # q k^T and p v
+        return L * (2 * Bn * T * C * C * 4 + 2 * Bn * T * C * 4 * C * 2) + 2 * Bn * C * E  # qkvo, mlp; projection
+
+    N = (spec.image_size // spec.patch_size) ** 2
+    conv = 2 * Bn * N * spec.vision_width * 3 * spec.patch_size**2
+    total = tower(N + 1, spec.vision_width, spec.vision_layers) + tower(spec.context_length, spec.text_width, spec.text_layers)
+    return total + attention + conv + 2 * Bn * Bn * E, conv, attention
+
+
+@pytest.mark.parametrize("fused_qkv", [False, True])
+def test_step_flops_count_cpu_attention(fused_qkv):
+    fwd, conv, attention = _forward_flops(MICRO)
+    c = B.toolkit_contender("x", MICRO, torch.device("cpu"), "fp32", B.StepOptions(fused_qkv=fused_qkv))
+    # backward = two forwards, except the patch convolution (its input needs no gradient) and attention, whose
+    # backward also recomputes the scores (the counter's convention for fused attention kernels)
+    expected = 3 * fwd - conv + attention // 2
+    assert B.step_flops(c, B.synthetic_batch(MICRO, torch.device("cpu")), torch.device("cpu")) == expected
+
+
+def test_openclip_contender_counts_the_same_flops():
+    pytest.importorskip("open_clip")
+    batch = B.synthetic_batch(MICRO, torch.device("cpu"))
+    ours = B.toolkit_contender("x", MICRO, torch.device("cpu"), "fp32", B.StepOptions())
+    theirs = B.openclip_contender("openclip", MICRO, torch.device("cpu"), "fp32")
+    n_ours = sum(p.numel() for p in ours.model.parameters())
+    n_theirs = sum(p.numel() for p in theirs.model.parameters())
+    assert n_ours == n_theirs  # same architecture sizes
+    # OpenCLIP multiplies out the (B, B) logits twice, once per direction; everything else costs the same
+    second_logits = 3 * 2 * MICRO.batch_size**2 * MICRO.embed_dim
+    assert B.step_flops(theirs, batch, torch.device("cpu")) == B.step_flops(ours, batch, torch.device("cpu")) + second_logits
+
+
+def test_measurements_are_consistent():
+    device = torch.device("cpu")
+    contenders = [B.toolkit_contender(n, MICRO, device, "fp32", B.VARIANTS[n]) for n in ("plain", "default")]
+    batches = itertools.repeat(B.synthetic_batch(MICRO, device))
+    times = B.run_alternating(contenders, batches, device, "fp32", rounds=2, steps_per_round=1)
+    assert {k: len(v) for k, v in times.items()} == {"plain": 2, "default": 2}
+    results = B.summarise(contenders, times, MICRO.batch_size, "plain")
+    assert results[0].speedup_vs_reference == 1.0 and results[1].samples_per_s > 0
+    split = B.phase_split(contenders[1], batches, device, "fp32", steps=2)
+    assert set(split) == {"data", "forward", "backward", "optimizer"} and all(v >= 0 for v in split.values())
+    assert split["forward"] > 0 and split["backward"] > 0 and split["optimizer"] > 0
+    weights = sum(p.numel() * 4 for p in contenders[1].model.parameters())
+    peak = B.peak_memory(contenders[1], B.synthetic_batch(MICRO, device), device, "fp32")
+    assert peak > 3 * weights  # weights + Adam's two moments, plus gradients and activations on top
+    assert "| default |" in B.markdown_table(results, "plain")

@@ -300,8 +300,8 @@ def phase_split(contender: Contender, batches: Iterator[dict[str, Any]], device:
 
 
 def peak_memory(contender: Contender, batch: dict[str, Any], device: torch.device, precision: str) -> float:
-    """Peak bytes held during one step: CUDA's allocator peak; on CPU the tensors alive before the step (weights,
-    gradients, optimizer state) plus the highest rise of allocations during it (from the profiler's memory events)."""
+    """Peak bytes held during one step: CUDA's allocator peak; on CPU the tensors alive before the step (weights and
+    optimizer state) plus the highest rise of allocations during it (from the profiler's memory records)."""
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     if device.type == "cuda":
         synchronize(device)
@@ -316,9 +316,10 @@ def peak_memory(contender: Contender, batch: dict[str, Any], device: torch.devic
     before = sum(t.numel() * t.element_size() for t in live)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         contender.step(batch, scaler)
+    # each op's own allocations net of its frees, plus frees outside ops ("[memory]" events), in time order
     rise, peak = 0, 0
-    for e in sorted((e for e in prof.events() if e.name == "[memory]"), key=lambda e: e.time_range.start):
-        rise += e.cpu_memory_usage
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        rise += e.self_cpu_memory_usage
         peak = max(peak, rise)
     return float(before + peak)
 

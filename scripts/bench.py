@@ -96,6 +96,10 @@ def bench_spec(spec_name: str, args: argparse.Namespace, device: torch.device) -
     else:
         batches = itertools.repeat(B.synthetic_batch(spec, device))
 
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    matmul_n = 8192 if cuda else 1024
+    # the MFU denominator: the best matmul rate seen before and after the timed steps (a shared CPU varies)
+    peak_rate = max(B.matmul_rate(device, dtype, matmul_n) for _ in range(3))
     first_step = {}
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     for c in contenders:  # warm-up: compilation, allocator caches, optimizer state
@@ -111,8 +115,7 @@ def bench_spec(spec_name: str, args: argparse.Namespace, device: torch.device) -
     times = run(contenders, batches, device, precision, rounds, steps)
     results = B.summarise(contenders, times, spec.batch_size, reference)
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    peak_rate = max(B.matmul_rate(device, dtype, 8192 if cuda else 1024) for _ in range(3))
+    peak_rate = max([peak_rate] + [B.matmul_rate(device, dtype, matmul_n) for _ in range(3)])
     flop_batch = B.synthetic_batch(spec, device, seed=1)
     flops = {}
     for c, r in zip(contenders, results):

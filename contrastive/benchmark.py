@@ -216,22 +216,18 @@ def synthetic_batch(spec: BenchSpec, device: torch.device, seed: int = 0) -> dic
 def loader_batches(data: str, spec: BenchSpec, device: torch.device, num_workers: int, pin_memory: bool) -> Iterator[dict[str, Any]]:
     """Endless batches of real images and captions through the training loader (transforms, tokenizer, workers)."""
     from .config import DataConfig, ModelConfig
-    from .data import ImageTextDataset, build_train_loader, build_transform, read_records
+    from .data import TrainData
     from .tokenizer import build_tokenizer
     from .train import to_device
 
     if spec.vocab_size < 259:
         raise ValueError("end-to-end mode uses the byte tokenizer, which needs vocab_size >= 259")
     model_cfg = ModelConfig(image_size=spec.image_size, context_length=spec.context_length)
-    data_cfg = DataConfig(train=data, num_workers=num_workers)
-    records = read_records(data, data_cfg.image_key, data_cfg.caption_key)
-    dataset = ImageTextDataset(records, build_transform(model_cfg, data_cfg, train=True))
-    tokenizer = build_tokenizer("byte", spec.context_length)
+    data_cfg = DataConfig(train=data, num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
+    train_data = TrainData(data_cfg, model_cfg, build_tokenizer("byte", spec.context_length), spec.batch_size, seed=0)
     epoch = 0
     while True:
-        loader = build_train_loader(dataset, tokenizer, data_cfg, spec.batch_size, 0, epoch, 0)
-        loader.pin_memory = pin_memory and device.type == "cuda"
-        for batch in loader:
+        for batch in train_data.batches(epoch, 0):
             yield to_device(batch, device)
         epoch += 1
 

@@ -159,3 +159,16 @@ def test_measurements_are_consistent():
     peak = B.peak_memory(contenders[1], B.synthetic_batch(MICRO, device), device, "fp32")
     assert peak > 3 * weights  # weights + Adam's two moments, plus gradients and activations on top
     assert "| default |" in B.markdown_table(results, "plain")
+
+
+def test_end_to_end_mode_steps_on_real_batches(repo_root):
+    spec = B.dataclasses.replace(MICRO, vocab_size=259, context_length=16, batch_size=4)
+    device = torch.device("cpu")
+    batches = B.loader_batches(str(repo_root / "data/shapes/train.csv"), spec, device, num_workers=0, pin_memory=False)
+    batch = next(batches)
+    assert batch["pixels"].shape == (4, 3, 16, 16) and batch["tokens"].shape == (4, 16)
+    c = B.toolkit_contender("default", spec, device, "fp32", B.StepOptions())
+    times = B.run_end_to_end([c], batches, device, "fp32", rounds=1, steps_per_round=2)
+    assert times["default"][0] > 0
+    split = B.phase_split(c, batches, device, "fp32", steps=1)
+    assert split["data"] > 0  # decoding real images takes time that the synthetic mode does not have

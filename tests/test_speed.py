@@ -102,7 +102,8 @@ def test_compiled_loss_equals_eager():
     loss_e.backward()
     torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
     for (n, a), b in zip(model.named_parameters(), twin.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=n)
+        # fused kernels sum in another order: embedding gradients (sums over many rows, up to ~10) differ by ~1e-5
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-4, msg=n)
 
 
 def _forward_flops(spec: B.BenchSpec) -> tuple[int, int, int]:

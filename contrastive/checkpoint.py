@@ -1,6 +1,6 @@
 """Checkpoints: weights in safetensors, training state via `torch.load(weights_only=True)`, metadata in JSON.
 
-A checkpoint is a directory `<run>/checkpoints/step_XXXXXXXX/` holding
+A checkpoint is a directory `<run>/checkpoints/step_<8-digit step>/` holding
   model.safetensors   the model's weights (no code, no pickle)
   state.pt            optimizer, scaler, RNG states (tensors and plain containers only; loaded weights-only)
   meta.json           step, epoch, position in the epoch, config, tokenizer spec

@@ -53,7 +53,7 @@ from .finetune import apply_finetune, finetune_param_groups
 from .hf_import import checkpoint_files
 from .pretrained import resolve_model_config
 from .model import ContrastiveModel
-from .optim import build_optimizer, lr_at, param_groups, set_lr
+from .optim import build_optimizer, lr_at, set_lr
 from .signals import GracefulStop, Interrupted
 from .speed import set_fused_qkv, step_loss_fn
 

@@ -25,7 +25,7 @@ from .config import Config, LossConfig, OptimConfig, TrainConfig
 from .encoders import TextTransformer, VisionTransformer
 from .model import ContrastiveModel
 from .optim import build_optimizer, param_groups
-from .speed import set_fused_qkv, step_loss_fn
+from .speed import set_fused_qkv, set_pooled_last_block, step_loss_fn
 from .train import compute_loss, train_step
 
 
@@ -63,16 +63,18 @@ class StepOptions:
     fused_adamw: bool = True  # optim.fused
     foreach: bool = True  # optim.foreach (used when fused_adamw is off)
     fused_qkv: bool = True  # train.fused_qkv
+    pooled_last_block: bool = True  # train.pooled_last_block
     compile: bool = False  # train.compile
     sync_each_step: bool = False  # read the loss on the host after every step (what logging every step costs)
 
 
 # name -> options; "default" is what `contrastive train` runs with the shipped config defaults
 VARIANTS: dict[str, StepOptions] = {
-    "plain": StepOptions(fused_adamw=False, foreach=False, fused_qkv=False),
-    "+foreach_adamw": StepOptions(fused_adamw=False, foreach=True, fused_qkv=False),
-    "+fused_adamw": StepOptions(fused_adamw=True, fused_qkv=False),
-    "+fused_qkv": StepOptions(fused_adamw=False, foreach=False, fused_qkv=True),
+    "plain": StepOptions(fused_adamw=False, foreach=False, fused_qkv=False, pooled_last_block=False),
+    "+foreach_adamw": StepOptions(fused_adamw=False, foreach=True, fused_qkv=False, pooled_last_block=False),
+    "+fused_adamw": StepOptions(fused_adamw=True, fused_qkv=False, pooled_last_block=False),
+    "+fused_qkv": StepOptions(fused_adamw=False, foreach=False, fused_qkv=True, pooled_last_block=False),
+    "+pooled_last_block": StepOptions(fused_adamw=False, foreach=False, fused_qkv=False, pooled_last_block=True),
     "default": StepOptions(),
     "default+sync": StepOptions(sync_each_step=True),
     "default+compile": StepOptions(compile=True),
@@ -127,7 +129,7 @@ def bench_config(spec: BenchSpec, precision: str, options: StepOptions, lr: floa
         loss=LossConfig(name="clip", duplicate_aware=False),
         optim=OptimConfig(lr=lr, fused=options.fused_adamw, foreach=options.foreach),
         train=TrainConfig(batch_size=spec.batch_size, precision=precision, compile=options.compile,
-                          fused_qkv=options.fused_qkv),
+                          fused_qkv=options.fused_qkv, pooled_last_block=options.pooled_last_block),
     )
 
 
@@ -142,6 +144,7 @@ def toolkit_contender(name: str, spec: BenchSpec, device: torch.device, precisio
     cfg = bench_config(spec, precision, options)
     model = build_toolkit_model(spec).to(device)
     set_fused_qkv(model, options.fused_qkv)
+    set_pooled_last_block(model, options.pooled_last_block)
     optimizer = build_optimizer(model, cfg.optim, param_groups(model, cfg.optim))
     loss_fn = step_loss_fn(compute_loss, options.compile)
 

@@ -104,6 +104,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # most recent checkpoints kept (plus the best by eval metric)
     compile: bool = False  # torch.compile the model forward and the loss as one graph
     fused_qkv: bool = True  # built-in towers compute q/k/v in one GEMM (same parameters and state-dict names)
+    pooled_last_block: bool = True  # built-in towers' last block computes only the pooled token (same features)
     deterministic: bool = True  # deterministic algorithms (CPU runs are exactly reproducible)
     grad_checkpointing: bool = False  # recompute tower activations in the backward pass
     progress_bar: bool = True  # tqdm progress bar

@@ -55,7 +55,7 @@ from .pretrained import resolve_model_config
 from .model import ContrastiveModel
 from .optim import build_optimizer, lr_at, set_lr
 from .signals import GracefulStop, Interrupted
-from .speed import set_fused_qkv, step_loss_fn
+from .speed import set_fused_qkv, set_pooled_last_block, step_loss_fn
 
 
 class RunError(RuntimeError):
@@ -325,6 +325,7 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
     if t.grad_checkpointing:
         model.set_grad_checkpointing(True)
     set_fused_qkv(model, t.fused_qkv)
+    set_pooled_last_block(model, t.pooled_last_block)
     model.to(device)
     if t.fsdp and info.enabled:
         shard_model(model)  # before the optimizer: sharding replaces the parameters

@@ -57,12 +57,11 @@ class TextTransformer(nn.Module):
             tokens = tokens["input_ids"]
         if tokens.shape[1] > self.context_length:
             raise ValueError(f"{tokens.shape[1]} tokens exceed the context length {self.context_length}")
-        x = self.encoder(self.embeddings(tokens), causal=True)  # (B, T, C)
-        x = self.final_layer_norm(x)
         # first end-of-text position; a row without one (over-long input cut by hand) pools at its last token
         is_eot = tokens == self.eot_token_id
         pos = torch.where(is_eot.any(1), is_eot.int().argmax(1), torch.full_like(tokens[:, 0], tokens.shape[1] - 1))
-        return x[torch.arange(x.shape[0], device=x.device), pos]  # (B, C)
+        x = self.encoder(self.embeddings(tokens), causal=True, pool=pos)  # (B, C) at each row's end-of-text
+        return self.final_layer_norm(x)  # (B, C)
 
 
 def _text(**defaults):

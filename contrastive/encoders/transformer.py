@@ -11,6 +11,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+Pool = int | torch.Tensor  # the pooled position: one index for every row, or a (B,) tensor of per-row indices
+
+
+def select_rows(x: torch.Tensor, pool: Pool) -> torch.Tensor:
+    """(B, T, C) -> (B, C): each row's token at `pool`."""
+    if isinstance(pool, int):
+        return x[:, pool]
+    return x[torch.arange(x.shape[0], device=x.device), pool]
+
 
 class Attention(nn.Module):
     """Multi-head self-attention with separate q/k/v projections (transformers' parameter names).
@@ -42,11 +51,32 @@ class Attention(nn.Module):
             return qkv.permute(2, 0, 3, 1, 4).unbind(0)
         return tuple(p(x).view(B, T, self.heads, C // self.heads).transpose(1, 2) for p in projections)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    def _kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, C) -> k, v each (B, heads, T, C // heads)."""
         B, T, C = x.shape
-        q, k, v = self._qkv(x)  # (B, heads, T, C // heads) each
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
+        projections = (self.k_proj, self.v_proj)
+        if self.fused_qkv and all(type(p) is nn.Linear for p in projections):
+            weight = torch.cat([p.weight for p in projections])  # (2C, C)
+            bias = torch.cat([p.bias for p in projections])  # (2C,)
+            kv = F.linear(x, weight, bias).view(B, T, 2, self.heads, C // self.heads)
+            return kv.permute(2, 0, 3, 1, 4).unbind(0)
+        return tuple(p(x).view(B, T, self.heads, C // self.heads).transpose(1, 2) for p in projections)
+
+    def forward(self, x: torch.Tensor, causal: bool = False, query: Pool | None = None) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C); with `query`, only that position of each row attends: (B, T, C) -> (B, C)."""
+        B, T, C = x.shape
+        if query is None:
+            q, k, v = self._qkv(x)  # (B, heads, T, C // heads) each
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
+        k, v = self._kv(x)  # (B, heads, T, C // heads) each
+        q = self.q_proj(select_rows(x, query)).view(B, self.heads, 1, C // self.heads)
+        mask = None
+        if causal:  # the query at position p sees keys 0..p
+            keys = torch.arange(T, device=x.device)
+            mask = (keys <= query) if isinstance(query, int) else (keys[None] <= query[:, None]).view(B, 1, 1, T)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, 1, C // heads)
+        return self.out_proj(y.reshape(B, C))
 
 
 class MLP(nn.Module):
@@ -70,25 +100,43 @@ class Block(nn.Module):
         self.layer_norm2 = nn.LayerNorm(width, eps=eps)
         self.mlp = MLP(width, int(width * mlp_ratio), act)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x), causal=causal)
+    def forward(self, x: torch.Tensor, causal: bool = False, pool: Pool | None = None) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C); with `pool`, only the pooled token's output: (B, T, C) -> (B, C)."""
+        if pool is None:
+            x = x + self.self_attn(self.layer_norm1(x), causal=causal)
+        else:  # every token still serves as key and value; only the pooled one is a query and goes on
+            x = select_rows(x, pool) + self.self_attn(self.layer_norm1(x), causal=causal, query=pool)
         return x + self.mlp(self.layer_norm2(x))
 
 
 class Encoder(nn.Module):
-    """A stack of blocks (`encoder.layers.N.*` in transformers' naming)."""
+    """A stack of blocks (`encoder.layers.N.*` in transformers' naming).
+
+    Given `pool` (the position a tower pools at: the class token, each caption's end-of-text), the encoder returns
+    only that token's output. With `pooled_last_block` (the default) the last block then computes just that token:
+    its query, attention output, MLP and residuals for one row per sample instead of T (keys and values still come
+    from every token), which gives the same features for about 1/layers less work. Off, the full sequence is computed
+    and the pooled row selected afterwards.
+    """
 
     def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, act: str = "gelu") -> None:
         super().__init__()
         self.layers = nn.ModuleList([Block(width, heads, mlp_ratio, act) for _ in range(layers)])
         self.grad_checkpointing = False
+        self.pooled_last_block = True
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        for layer in self.layers:
+    def forward(self, x: torch.Tensor, causal: bool = False, pool: Pool | None = None) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C), or (B, C) at `pool`."""
+        n = len(self.layers)
+        shortcut = pool is not None and self.pooled_last_block and n > 0
+        for i, layer in enumerate(self.layers):
+            layer_pool = pool if shortcut and i == n - 1 else None
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, causal, use_reentrant=False)
+                x = checkpoint(layer, x, causal, layer_pool, use_reentrant=False)
             else:
-                x = layer(x, causal=causal)
+                x = layer(x, causal=causal, pool=layer_pool)
+        if pool is not None and not shortcut:
+            x = select_rows(x, pool)
         return x
 
 

@@ -56,8 +56,8 @@ class VisionTransformer(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.pre_layrnorm(self.embeddings(pixels))  # (B, N + 1, C)
-        x = self.encoder(x)
-        return self.post_layernorm(x[:, 0])  # (B, C)
+        x = self.encoder(x, pool=0)  # (B, C): the class token's output
+        return self.post_layernorm(x)  # (B, C)
 
 
 def _vit(**defaults):

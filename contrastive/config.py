@@ -68,6 +68,7 @@ class DataConfig:
     pin_memory: bool = True  # page-locked batches for faster host-to-GPU copies (CUDA only)
     persistent_workers: bool = False  # keep dataloader workers alive across epochs (tables and HF datasets)
     prefetch_factor: int = 4  # batches each worker prepares ahead
+    trim_padding: bool = True  # pad each batch's captions to its longest (rounded up to 8), not the context length
     shuffle_buffer: int = 1000  # webdataset: samples in the shuffle buffer of each worker
     samples_per_epoch: int = 0  # webdataset: samples per epoch (0 = counted from local shards; needed for remote ones)
 

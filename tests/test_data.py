@@ -383,3 +383,49 @@ def test_webdataset_shards_train_with_a_bad_member(tmp_path):
                      "data.bad_check_after=0", "data.shuffle_buffer=8"))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["data"]["bad_samples"] == {"corrupt_image": 1}
+
+
+def test_trim_padding_keeps_every_caption_and_the_features():
+    from contrastive.data.loader import trim_padding
+    from contrastive.encoders.text import TextTransformer
+    from contrastive.tokenizer import build_tokenizer
+
+    tok = build_tokenizer("byte", 64)
+    captions = ["a red circle", "a small blue square at the top left", "x"]
+    tokens = tok(captions)  # (3, 64)
+    trimmed = trim_padding(tokens, tok.pad_token_id)
+    longest = len(captions[1]) + 2  # bytes + start + end
+    assert trimmed.shape == (3, 40) and trimmed.shape[1] >= longest  # rounded up to a multiple of 8
+    torch.testing.assert_close(trimmed, tokens[:, :40])
+    assert (tokens[:, 40:] == tok.pad_token_id).all()  # only shared padding went
+    assert trim_padding(tokens, tok.pad_token_id, multiple=1).shape[1] == longest
+    full = tok(["y" * 100])  # truncated to the context: nothing to trim
+    assert trim_padding(full, tok.pad_token_id) is full
+    torch.manual_seed(0)
+    tower = TextTransformer(vocab_size=259, context_length=64, width=32, layers=2, heads=2).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(tower(trimmed), tower(tokens), rtol=1e-5, atol=1e-6)
+    # left padding is not trimmed (the kept columns would not be the real tokens)
+    left = {"input_ids": torch.tensor([[0, 5, 6], [4, 5, 6]]), "attention_mask": torch.tensor([[0, 1, 1], [1, 1, 1]])}
+    assert trim_padding(left, 0, multiple=1) is left
+
+
+def test_loader_batches_are_trimmed(tmp_path):
+    from contrastive.config import DataConfig, ModelConfig
+    from contrastive.data import TrainData
+    from contrastive.tokenizer import build_tokenizer
+
+    from PIL import Image
+
+    rows = ["image,caption"]
+    for i in range(8):
+        Image.new("RGB", (16, 16), (i * 30, 0, 0)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{'a red square' if i % 2 else 'red'}")
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    model_cfg = ModelConfig(image_size=16, context_length=64)
+    shapes = {}
+    for trim in (True, False):
+        data_cfg = DataConfig(train=str(tmp_path / "train.csv"), num_workers=0, trim_padding=trim)
+        data = TrainData(data_cfg, model_cfg, build_tokenizer("byte", 64), 4, seed=0)
+        shapes[trim] = [tuple(b["tokens"].shape) for b in data.batches(0, 0)]
+    assert shapes == {True: [(4, 16), (4, 16)], False: [(4, 64), (4, 64)]}

@@ -200,3 +200,16 @@ def test_checkpoint_rebuilds_hf_towers_without_their_directories(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again.encode_image(pixels), before[0], rtol=0, atol=0)
         torch.testing.assert_close(again.encode_text(tok2(captions)), before[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind,pooling", [(k, p) for k in TEXT for p in ("pooler", "mean", "eot")])
+def test_hf_text_towers_same_features_on_trimmed_padding(tower_dirs, kind, pooling):
+    from contrastive.data.loader import trim_padding
+
+    tok = HFTokenizer(tower_dirs[kind], 40)
+    tower = create_encoder(f"hf:{tower_dirs[kind]}", modality="text", pooling=pooling, eot_token_id=tok.eot_token_id).eval()
+    batch = tok(["a red circle", "two blue squares"])
+    trimmed = trim_padding(batch, tok.pad_token_id)
+    assert trimmed["input_ids"].shape[1] < batch["input_ids"].shape[1]  # padding really went
+    with torch.no_grad():
+        torch.testing.assert_close(tower(trimmed), tower(batch), rtol=1e-5, atol=1e-6)

@@ -129,12 +129,40 @@ def sample_seed(seed: int, epoch: int, position: int) -> int:
     return (seed * 0x9E3779B1 + epoch * 0x85EBCA77 + position * 0xC2B2AE3D) % (2**63 - 1)
 
 
-class Collate:
-    """Stacks pixels, tokenizes captions (in the worker), derives content ids for duplicate-aware targets, and
-    carries the skipped samples and truncation counts to the main process."""
+def trim_padding(tokens: torch.Tensor | dict, pad_token_id: int | None, multiple: int = 8) -> torch.Tensor | dict:
+    """Drop the padding columns that every caption of a batch shares: (B, T) -> (B, L), L = the longest caption
+    rounded up to `multiple` (at most T).
 
-    def __init__(self, tokenizer: Callable) -> None:
+    Text towers give the same features either way: the built-in ones attend causally and pool at end-of-text, so
+    no kept token ever saw a dropped one; transformers towers mask padding out of attention and pooling. Token
+    dicts (`input_ids`, `attention_mask`) are measured by the mask and trimmed only when padded on the right.
+    """
+    if isinstance(tokens, dict):
+        mask = tokens.get("attention_mask")
+        if mask is None or mask.ndim != 2 or (mask[:, 0] == 0).any():  # no mask, or left padding: leave as is
+            return tokens
+        longest = int(mask.sum(1).max())
+        T = mask.shape[1]
+        keep = min(T, -(-max(longest, 1) // multiple) * multiple)
+        return tokens if keep == T else {k: v[:, :keep].contiguous() if v.ndim == 2 else v for k, v in tokens.items()}
+    if pad_token_id is None or tokens.ndim != 2:
+        return tokens
+    T = tokens.shape[1]
+    real = tokens != pad_token_id  # (B, T)
+    # each row's length: one past its last non-pad token
+    lengths = torch.where(real.any(1), T - real.flip(1).int().argmax(1), torch.zeros_like(tokens[:, 0]))
+    keep = min(T, -(-max(int(lengths.max()), 1) // multiple) * multiple)
+    return tokens if keep == T else tokens[:, :keep].contiguous()
+
+
+class Collate:
+    """Stacks pixels, tokenizes captions (in the worker), trims the padding all captions share (`trim_padding`),
+    derives content ids for duplicate-aware targets, and carries the skipped samples and truncation counts to the
+    main process."""
+
+    def __init__(self, tokenizer: Callable, trim: bool = True) -> None:
         self.tokenizer = tokenizer
+        self.trim = trim
 
     def __call__(self, samples: list[Sample]) -> dict:
         bad = [b for s in samples for b in s.bad]
@@ -144,6 +172,8 @@ class Collate:
         captions = [s.caption for s in good]
         truncated_before = getattr(self.tokenizer, "num_truncated", 0)
         tokens = self.tokenizer(captions)
+        if self.trim:
+            tokens = trim_padding(tokens, getattr(self.tokenizer, "pad_token_id", None))
         return {
             "pixels": torch.stack([s.pixels for s in good]),  # (B, 3, S, S)
             "tokens": tokens,  # (B, T) or dict of (B, T)
@@ -170,7 +200,8 @@ def loader_options(data_cfg: DataConfig) -> dict[str, Any]:
 def build_train_loader(dataset: ImageTextDataset, tokenizer: Callable, data_cfg: DataConfig, batch_size: int,
                        seed: int, epoch: int, start_batch: int, rank: int = 0, world_size: int = 1) -> DataLoader:
     sampler = ResumableBatchSampler(len(dataset), batch_size, seed, epoch, start_batch, rank, world_size)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=Collate(tokenizer), **loader_options(data_cfg))
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=Collate(tokenizer, data_cfg.trim_padding),
+                      **loader_options(data_cfg))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -212,7 +243,8 @@ class TrainData:
         if self._loader is None or not opts["persistent_workers"]:
             sampler = ResumableBatchSampler(len(self.dataset), self.batch_size, self.seed, epoch, start_batch,
                                             self.rank, self.world_size)
-            self._loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=Collate(self.tokenizer), **opts)
+            self._loader = DataLoader(self.dataset, batch_sampler=sampler,
+                                      collate_fn=Collate(self.tokenizer, self.cfg.trim_padding), **opts)
         self._loader.batch_sampler.set_position(epoch, start_batch)
         return self._loader
 

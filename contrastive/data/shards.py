@@ -112,7 +112,7 @@ class ShardStream(IterableDataset):
         self.shards = expand_shards(data_cfg.train)
         self.image_exts = _exts(data_cfg.image_key, "image", DEFAULT_IMAGE_EXTS)
         self.caption_exts = _exts(data_cfg.caption_key, "caption", DEFAULT_CAPTION_EXTS)
-        self.transform, self.collate, self.seed = transform, Collate(tokenizer), seed
+        self.transform, self.collate, self.seed = transform, Collate(tokenizer, data_cfg.trim_padding), seed
         self.rank, self.world_size, self.workers = rank, world_size, max(data_cfg.num_workers, 1)
         self.local = batch_size // world_size
         self.max_pixels, self.buffer = data_cfg.max_image_pixels, data_cfg.shuffle_buffer

@@ -12,7 +12,8 @@ import contrastive
 from contrastive.checkpoint import latest_checkpoint, load_weights
 from tests.crash_helpers import kill, launch, logged_steps, wait_for, write_in_progress
 
-STEPS = ["train.max_steps=12", "train.save_every_n_steps=2", "train.keep_checkpoints=2", "train.resume=true"]
+MAX_STEPS = 60  # tiny steps take ~50 ms: enough of them that the kills land mid-run on a fast machine too
+STEPS = [f"train.max_steps={MAX_STEPS}", "train.save_every_n_steps=4", "train.keep_checkpoints=2", "train.resume=true"]
 
 
 @pytest.mark.slow
@@ -25,10 +26,11 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path):
     wait_for(lambda: len(logged_steps(run)) >= 3, proc, what="3 steps")
     time.sleep(random.Random(7).uniform(0.0, 1.0))
     assert kill(proc) == -signal.SIGKILL
-    assert max(logged_steps(run)) < 12
+    assert max(logged_steps(run)) < MAX_STEPS
 
-    # 2. SIGTERM: finishes the step, saves, exits with 128 + 15
-    proc = launch(tmp_path, "run", *STEPS)
+    # 2. SIGTERM: finishes the step, saves, exits with 128 + 15 (slowed checkpoint writes keep the run from
+    # finishing before the signal lands on a fast machine)
+    proc = launch(tmp_path, "run", *STEPS, delay_s=0.5)
     seen = len(logged_steps(run))
     wait_for(lambda: len(logged_steps(run)) >= seen + 2, proc, what="2 more steps")
     assert kill(proc, signal.SIGTERM) == 128 + signal.SIGTERM
@@ -54,6 +56,6 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path):
     assert reference.wait(timeout=300) == 0, reference.stderr.read()[-2000:]
 
     a, b = contrastive.load(tmp_path / "ref")[0].state_dict(), contrastive.load(run)[0].state_dict()
-    assert latest_checkpoint(run / "checkpoints").name == "step_00000012"
+    assert latest_checkpoint(run / "checkpoints").name == f"step_{MAX_STEPS:08d}"
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)

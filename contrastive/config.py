@@ -104,6 +104,7 @@ class TrainConfig:
     save_every_n_steps: int = 0  # checkpoint period in steps (0 = only at the end)
     keep_checkpoints: int = 2  # most recent checkpoints kept (plus the best by eval metric)
     compile: bool = False  # torch.compile the model forward and the loss as one graph
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
     fused_qkv: bool = True  # built-in towers compute q/k/v in one GEMM (same parameters and state-dict names)
     pooled_last_block: bool = True  # built-in towers' last block computes only the pooled token (same features)
     deterministic: bool = True  # deterministic algorithms (CPU runs are exactly reproducible)
@@ -159,6 +160,7 @@ class Config:
 _CHOICES = {
     "loss.name": ("clip", "siglip"),
     "train.precision": ("fp32", "bf16", "fp16"),
+    "train.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     "data.on_bad_sample": ("skip", "error"),
     "data.format": ("", "csv", "tsv", "jsonl", "hf", "webdataset"),
     "train.on_checkpoint_error": ("stop", "continue"),

@@ -139,6 +139,8 @@ def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.O
                cfg: Config, device: torch.device, info: DistInfo = DistInfo(), loss_fn=compute_loss) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step; returns (loss, grad norm) as device tensors (no host sync). `loss_fn` may be
     `compute_loss` compiled (see `speed.step_loss_fn`)."""
+    if cfg.train.compile and cfg.train.compile_mode == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()  # a new step: CUDA-graph outputs of the last one may be reused
     micro = cfg.train.micro_batch_size
     if 0 < micro < batch["pixels"].shape[0]:
         def loss_fn(image, text, scale, bias):
@@ -352,9 +354,9 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
     train_model: nn.Module = model
     if info.enabled and not t.fsdp:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    loss_fn = step_loss_fn(compute_loss, t.compile and not info.enabled)
+    loss_fn = step_loss_fn(compute_loss, t.compile and not info.enabled, mode=t.compile_mode)
     if t.compile and info.enabled:  # keep the loss's collectives out of the graph: compile the towers only
-        train_model = torch.compile(train_model)
+        train_model = torch.compile(train_model, mode=t.compile_mode)
 
     logger = MetricsLogger(run_dir, info.is_main)
     bar = None

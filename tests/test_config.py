@@ -50,7 +50,8 @@ def test_unknown_key_names_closest(override, expected):
 
 
 @pytest.mark.parametrize("override", ["train.max_steps=abc", "optim.lr=fast", "train.resume=maybe", "loss.name=l2",
-                                      "train.batch_size=0", "loss.chunk_size=-1", "train.micro_batch_size=999"])
+                                      "train.batch_size=0", "loss.chunk_size=-1", "train.micro_batch_size=999",
+                                      "train.compile_mode=fastest"])
 def test_bad_values_rejected(override):
     with pytest.raises(ConfigError):
         load_config(ROOT / "configs/shapes_tiny.yaml", [override])

@@ -40,36 +40,25 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(width, width)
         self.fused_qkv = True
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, T, C) -> q, k, v each (B, heads, T, C // heads)."""
+    def _heads(self, x: torch.Tensor, projections: tuple[nn.Module, ...]) -> tuple[torch.Tensor, ...]:
+        """(B, T, C) -> each projection of x as (B, heads, T, C // heads); plain linear ones as one GEMM."""
         B, T, C = x.shape
-        projections = (self.q_proj, self.k_proj, self.v_proj)
+        n = len(projections)
         if self.fused_qkv and all(type(p) is nn.Linear for p in projections):
-            weight = torch.cat([p.weight for p in projections])  # (3C, C)
-            bias = torch.cat([p.bias for p in projections])  # (3C,)
-            qkv = F.linear(x, weight, bias).view(B, T, 3, self.heads, C // self.heads)
-            return qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        return tuple(p(x).view(B, T, self.heads, C // self.heads).transpose(1, 2) for p in projections)
-
-    def _kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, C) -> k, v each (B, heads, T, C // heads)."""
-        B, T, C = x.shape
-        projections = (self.k_proj, self.v_proj)
-        if self.fused_qkv and all(type(p) is nn.Linear for p in projections):
-            weight = torch.cat([p.weight for p in projections])  # (2C, C)
-            bias = torch.cat([p.bias for p in projections])  # (2C,)
-            kv = F.linear(x, weight, bias).view(B, T, 2, self.heads, C // self.heads)
-            return kv.permute(2, 0, 3, 1, 4).unbind(0)
+            weight = torch.cat([p.weight for p in projections])  # (n C, C)
+            bias = torch.cat([p.bias for p in projections])  # (n C,)
+            out = F.linear(x, weight, bias).view(B, T, n, self.heads, C // self.heads)
+            return out.permute(2, 0, 3, 1, 4).unbind(0)
         return tuple(p(x).view(B, T, self.heads, C // self.heads).transpose(1, 2) for p in projections)
 
     def forward(self, x: torch.Tensor, causal: bool = False, query: Pool | None = None) -> torch.Tensor:
         """(B, T, C) -> (B, T, C); with `query`, only that position of each row attends: (B, T, C) -> (B, C)."""
         B, T, C = x.shape
         if query is None:
-            q, k, v = self._qkv(x)  # (B, heads, T, C // heads) each
+            q, k, v = self._heads(x, (self.q_proj, self.k_proj, self.v_proj))  # (B, heads, T, C // heads) each
             y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
             return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
-        k, v = self._kv(x)  # (B, heads, T, C // heads) each
+        k, v = self._heads(x, (self.k_proj, self.v_proj))  # (B, heads, T, C // heads) each
         q = self.q_proj(select_rows(x, query)).view(B, self.heads, 1, C // self.heads)
         mask = None
         if causal:  # the query at position p sees keys 0..p

@@ -64,17 +64,23 @@ class StepOptions:
     foreach: bool = True  # optim.foreach (used when fused_adamw is off)
     fused_qkv: bool = True  # train.fused_qkv
     pooled_last_block: bool = True  # train.pooled_last_block
+    trim_padding: bool = True  # data.trim_padding: the batch's tokens cut to its longest caption (see `trim_length`)
     compile: bool = False  # train.compile
     sync_each_step: bool = False  # read the loss on the host after every step (what logging every step costs)
 
 
 # name -> options; "default" is what `contrastive train` runs with the shipped config defaults
 VARIANTS: dict[str, StepOptions] = {
-    "plain": StepOptions(fused_adamw=False, foreach=False, fused_qkv=False, pooled_last_block=False),
-    "+foreach_adamw": StepOptions(fused_adamw=False, foreach=True, fused_qkv=False, pooled_last_block=False),
-    "+fused_adamw": StepOptions(fused_adamw=True, fused_qkv=False, pooled_last_block=False),
-    "+fused_qkv": StepOptions(fused_adamw=False, foreach=False, fused_qkv=True, pooled_last_block=False),
-    "+pooled_last_block": StepOptions(fused_adamw=False, foreach=False, fused_qkv=False, pooled_last_block=True),
+    "plain": StepOptions(fused_adamw=False, foreach=False, fused_qkv=False, pooled_last_block=False, trim_padding=False),
+    "+foreach_adamw": StepOptions(fused_adamw=False, foreach=True, fused_qkv=False, pooled_last_block=False,
+                                  trim_padding=False),
+    "+fused_adamw": StepOptions(fused_adamw=True, fused_qkv=False, pooled_last_block=False, trim_padding=False),
+    "+fused_qkv": StepOptions(fused_adamw=False, foreach=False, fused_qkv=True, pooled_last_block=False,
+                              trim_padding=False),
+    "+pooled_last_block": StepOptions(fused_adamw=False, foreach=False, fused_qkv=False, pooled_last_block=True,
+                                      trim_padding=False),
+    "+trim_padding": StepOptions(fused_adamw=False, foreach=False, fused_qkv=False, pooled_last_block=False,
+                                 trim_padding=True),
     "default": StepOptions(),
     "default+sync": StepOptions(sync_each_step=True),
     "default+compile": StepOptions(compile=True),
@@ -149,6 +155,8 @@ def toolkit_contender(name: str, spec: BenchSpec, device: torch.device, precisio
     loss_fn = step_loss_fn(compute_loss, options.compile)
 
     def step(batch: dict[str, Any], scaler: torch.amp.GradScaler):
+        if options.trim_padding and "trim_length" in batch:  # what the loader's collate does in its workers
+            batch = {**batch, "tokens": batch["tokens"][:, : batch["trim_length"]]}
         return train_step(model, batch, optimizer, scaler, cfg, device, loss_fn=loss_fn)[0]
 
     return Contender(name, model, optimizer, step, options.sync_each_step)
@@ -202,36 +210,60 @@ def openclip_contender(name: str, spec: BenchSpec, device: torch.device, precisi
 # inputs
 
 
-def synthetic_batch(spec: BenchSpec, device: torch.device, seed: int = 0) -> dict[str, Any]:
-    """Random pixels and full-length captions ending in end-of-text (the highest id, as both towers pool there)."""
+def synthetic_batch(spec: BenchSpec, device: torch.device, seed: int = 0,
+                    caption_lengths: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Random pixels and captions ending in end-of-text (the highest id, as both towers pool there): full-length,
+    or of lengths drawn uniformly from `caption_lengths` (tokens, end-of-text included) and padded with 0.
+
+    `trim_length` is the width `data.trim_padding` cuts the batch to; toolkit contenders with that switch use it,
+    OpenCLIP (whose tokenizer always pads to the context) gets the padded tokens.
+    """
+    from .data.loader import padded_length
+
     g = torch.Generator().manual_seed(seed)
     B, T = spec.batch_size, spec.context_length
     tokens = torch.randint(1, spec.vocab_size - 1, (B, T), generator=g)
-    tokens[:, -1] = spec.vocab_size - 1
+    if caption_lengths is None:
+        tokens[:, -1] = spec.vocab_size - 1
+    else:
+        lo, hi = max(1, caption_lengths[0]), min(T, caption_lengths[1])
+        lengths = torch.randint(lo, hi + 1, (B,), generator=g)  # (B,)
+        tokens[torch.arange(B), lengths - 1] = spec.vocab_size - 1
+        tokens[torch.arange(T)[None] >= lengths[:, None]] = 0
     return {
         "pixels": torch.randn(B, 3, spec.image_size, spec.image_size, generator=g).to(device),  # (B, 3, S, S)
         "tokens": tokens.to(device),  # (B, T)
+        "trim_length": padded_length(tokens, 0),
         "image_ids": torch.arange(B, device=device),
         "text_ids": torch.arange(B, device=device),
     }
 
 
 def loader_batches(data: str, spec: BenchSpec, device: torch.device, num_workers: int, pin_memory: bool) -> Iterator[dict[str, Any]]:
-    """Endless batches of real images and captions through the training loader (transforms, tokenizer, workers)."""
+    """Endless batches of real images and captions through the training loader (transforms, tokenizer, workers),
+    padded to the context as OpenCLIP's are; `trim_length` tells toolkit contenders where their loader would cut."""
     from .config import DataConfig, ModelConfig
     from .data import TrainData
+    from .data.loader import padded_length
     from .tokenizer import build_tokenizer
     from .train import to_device
 
     if spec.vocab_size < 259:
         raise ValueError("end-to-end mode uses the byte tokenizer, which needs vocab_size >= 259")
     model_cfg = ModelConfig(image_size=spec.image_size, context_length=spec.context_length)
-    data_cfg = DataConfig(train=data, num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
-    train_data = TrainData(data_cfg, model_cfg, build_tokenizer("byte", spec.context_length), spec.batch_size, seed=0)
+    data_cfg = DataConfig(train=data, num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                          trim_padding=False)
+    tokenizer = build_tokenizer("byte", spec.context_length)
+    train_data = TrainData(data_cfg, model_cfg, tokenizer, spec.batch_size, seed=0)
+
+    def with_trim_length(batch: dict[str, Any]) -> dict[str, Any]:
+        batch["trim_length"] = padded_length(batch["tokens"], tokenizer.pad_token_id)
+        return batch
+
     epoch = 0
     while True:
         for batch in train_data.batches(epoch, 0):
-            yield to_device(batch, device)
+            yield to_device(with_trim_length(batch), device)
         epoch += 1
 
 

@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from contrastive import benchmark as B  # noqa: E402
 
-CPU_VARIANTS = "plain,+foreach_adamw,+fused_adamw,+fused_qkv,+pooled_last_block,default,default+sync"
-CUDA_VARIANTS = "plain,+fused_adamw,+fused_qkv,+pooled_last_block,default,default+sync,default+compile"
+CPU_VARIANTS = "plain,+foreach_adamw,+fused_adamw,+fused_qkv,+pooled_last_block,+trim_padding,default,default+sync"
+CUDA_VARIANTS = "plain,+fused_adamw,+fused_qkv,+pooled_last_block,+trim_padding,default,default+sync,default+compile"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,12 +44,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=0, help="alternation rounds (default 5 CPU, 10 CUDA)")
     p.add_argument("--steps", type=int, default=0, help="steps per contender per round (default 2 CPU, 10 CUDA)")
     p.add_argument("--split-steps", type=int, default=2, help="synchronised steps for the time split")
+    p.add_argument("--caption-lengths", default="", metavar="LO-HI",
+                   help="synthetic captions of LO..HI tokens (uniform) instead of full-length ones, e.g. 8-40")
     p.add_argument("--data", default="", help="end-to-end mode: a training table read through the real loader")
     p.add_argument("--workers", type=int, default=2, help="loader workers in end-to-end mode")
     p.add_argument("--no-pin-memory", action="store_true", help="end-to-end on CUDA: pageable instead of pinned batches")
     p.add_argument("--json", default="", help="also write the JSON report here")
     p.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"), help="append the table here ('' = no)")
     return p.parse_args(argv)
+
+
+def caption_lengths(args: argparse.Namespace) -> tuple[int, int] | None:
+    if not args.caption_lengths:
+        return None
+    try:
+        lo, hi = (int(x) for x in args.caption_lengths.split("-"))
+    except ValueError:
+        sys.exit(f"--caption-lengths wants LO-HI (e.g. 8-40), got '{args.caption_lengths}'")
+    return lo, hi
 
 
 def contenders_for(spec: B.BenchSpec, device: torch.device, precision: str, variants: list[str], openclip: bool,
@@ -94,7 +106,7 @@ def bench_spec(spec_name: str, args: argparse.Namespace, device: torch.device) -
     if args.data:
         batches = B.loader_batches(args.data, spec, device, args.workers, pin_memory=not args.no_pin_memory)
     else:
-        batches = itertools.repeat(B.synthetic_batch(spec, device))
+        batches = itertools.repeat(B.synthetic_batch(spec, device, caption_lengths=caption_lengths(args)))
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     matmul_n = 8192 if cuda else 1024
@@ -116,7 +128,7 @@ def bench_spec(spec_name: str, args: argparse.Namespace, device: torch.device) -
     results = B.summarise(contenders, times, spec.batch_size, reference)
 
     peak_rate = max([peak_rate] + [B.matmul_rate(device, dtype, matmul_n) for _ in range(3)])
-    flop_batch = B.synthetic_batch(spec, device, seed=1)
+    flop_batch = B.synthetic_batch(spec, device, seed=1, caption_lengths=caption_lengths(args))
     flops = {}
     for c, r in zip(contenders, results):
         kind = "openclip" if c.name.startswith("openclip") else "toolkit"
@@ -137,7 +149,8 @@ def bench_spec(spec_name: str, args: argparse.Namespace, device: torch.device) -
         "spec": spec_name,
         "sizes": B.dataclasses.asdict(spec),
         "precision": precision,
-        "mode": f"end-to-end ({args.data}, {args.workers} workers)" if args.data else "synthetic batch on device",
+        "mode": (f"end-to-end ({args.data}, {args.workers} workers)" if args.data else "synthetic batch on device"
+                 + (f", captions of {args.caption_lengths} tokens" if args.caption_lengths else "")),
         "reference": reference,
         "rounds": rounds,
         "steps_per_round": steps,

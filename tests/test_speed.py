@@ -111,6 +111,19 @@ def test_pooled_last_block_skips_work():
     assert 0.5 * full < pooled < 0.8 * full
 
 
+def test_trim_padding_skips_work_only_when_captions_are_short():
+    cpu = torch.device("cpu")
+    short = B.synthetic_batch(MICRO, cpu, caption_lengths=(2, 6))
+    full_length = B.synthetic_batch(MICRO, cpu)
+    assert full_length["trim_length"] == MICRO.context_length
+    counts = {}
+    for name in ("plain", "+trim_padding"):
+        for label, batch in (("short", short), ("full", full_length)):
+            counts[name, label] = B.step_flops(B.toolkit_contender("x", MICRO, cpu, "fp32", B.VARIANTS[name]), batch, cpu)
+    assert counts["+trim_padding", "full"] == counts["plain", "full"] == counts["plain", "short"]
+    assert counts["+trim_padding", "short"] < counts["plain", "short"]
+
+
 def _run_steps(options: B.StepOptions, batches: list[dict], steps: int = 3):
     torch.manual_seed(0)
     c = B.toolkit_contender("x", MICRO, torch.device("cpu"), "fp32", options)
@@ -120,10 +133,12 @@ def _run_steps(options: B.StepOptions, batches: list[dict], steps: int = 3):
 
 
 def test_optimised_step_equals_plain_step():
-    batches = [B.synthetic_batch(MICRO, torch.device("cpu"), seed=s) for s in range(3)]
+    # captions of 2-6 tokens in a context of 12: trimmed variants see 8 columns, the others 12
+    batches = [B.synthetic_batch(MICRO, torch.device("cpu"), seed=s, caption_lengths=(2, 6)) for s in range(3)]
+    assert all(b["trim_length"] == 8 for b in batches)
     plain_losses, plain_weights, plain_opt = _run_steps(B.VARIANTS["plain"], batches)
     assert not plain_opt.defaults["fused"] and not plain_opt.defaults["foreach"]
-    for name in ("+foreach_adamw", "+fused_adamw", "+fused_qkv", "+pooled_last_block", "default"):
+    for name in ("+foreach_adamw", "+fused_adamw", "+fused_qkv", "+pooled_last_block", "+trim_padding", "default"):
         losses, weights, opt = _run_steps(B.VARIANTS[name], batches)
         torch.testing.assert_close(losses, plain_losses, rtol=1e-5, atol=1e-6)
         for k in plain_weights:

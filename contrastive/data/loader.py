@@ -129,30 +129,37 @@ def sample_seed(seed: int, epoch: int, position: int) -> int:
     return (seed * 0x9E3779B1 + epoch * 0x85EBCA77 + position * 0xC2B2AE3D) % (2**63 - 1)
 
 
+def padded_length(tokens: torch.Tensor | dict, pad_token_id: int | None, multiple: int = 8) -> int:
+    """Columns a batch of captions needs: its longest caption rounded up to `multiple` (at most T); T when the
+    padding cannot be told (no pad id, a dict without an attention mask, or left padding)."""
+    if isinstance(tokens, dict):
+        mask = tokens.get("attention_mask")
+        if mask is None or mask.ndim != 2 or (mask[:, 0] == 0).any():  # no mask, or left padding: keep all
+            return next(iter(tokens.values())).shape[1]
+        longest, T = int(mask.sum(1).max()), mask.shape[1]
+    else:
+        T = tokens.shape[1]
+        if pad_token_id is None or tokens.ndim != 2:
+            return T
+        real = tokens != pad_token_id  # (B, T)
+        # each row's length: one past its last non-pad token
+        lengths = torch.where(real.any(1), T - real.flip(1).int().argmax(1), torch.zeros_like(tokens[:, 0]))
+        longest = int(lengths.max())
+    return min(T, -(-max(longest, 1) // multiple) * multiple)
+
+
 def trim_padding(tokens: torch.Tensor | dict, pad_token_id: int | None, multiple: int = 8) -> torch.Tensor | dict:
-    """Drop the padding columns that every caption of a batch shares: (B, T) -> (B, L), L = the longest caption
-    rounded up to `multiple` (at most T).
+    """Drop the padding columns that every caption of a batch shares: (B, T) -> (B, L), L = `padded_length`.
 
     Text towers give the same features either way: the built-in ones attend causally and pool at end-of-text, so
     no kept token ever saw a dropped one; transformers towers mask padding out of attention and pooling. Token
     dicts (`input_ids`, `attention_mask`) are measured by the mask and trimmed only when padded on the right.
     """
+    keep = padded_length(tokens, pad_token_id, multiple)
     if isinstance(tokens, dict):
-        mask = tokens.get("attention_mask")
-        if mask is None or mask.ndim != 2 or (mask[:, 0] == 0).any():  # no mask, or left padding: leave as is
-            return tokens
-        longest = int(mask.sum(1).max())
-        T = mask.shape[1]
-        keep = min(T, -(-max(longest, 1) // multiple) * multiple)
+        T = next(iter(tokens.values())).shape[1]
         return tokens if keep == T else {k: v[:, :keep].contiguous() if v.ndim == 2 else v for k, v in tokens.items()}
-    if pad_token_id is None or tokens.ndim != 2:
-        return tokens
-    T = tokens.shape[1]
-    real = tokens != pad_token_id  # (B, T)
-    # each row's length: one past its last non-pad token
-    lengths = torch.where(real.any(1), T - real.flip(1).int().argmax(1), torch.zeros_like(tokens[:, 0]))
-    keep = min(T, -(-max(int(lengths.max()), 1) // multiple) * multiple)
-    return tokens if keep == T else tokens[:, :keep].contiguous()
+    return tokens if keep == tokens.shape[1] else tokens[:, :keep].contiguous()
 
 
 class Collate:

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from .data import DataError, Record
+from .data.loader import trim_padding
 from .model import ContrastiveModel
 
 
@@ -46,7 +47,8 @@ def embed_texts(model: ContrastiveModel, texts: list[str], tokenizer: Callable, 
     device = torch.device(device)
     out = []
     for i in range(0, len(texts), batch_size):
-        tokens = tokenizer(texts[i : i + batch_size])
+        # padding every caption of the chunk shares is cut (the features are the same; see data.loader.trim_padding)
+        tokens = trim_padding(tokenizer(texts[i : i + batch_size]), getattr(tokenizer, "pad_token_id", None))
         tokens = {k: v.to(device) for k, v in tokens.items()} if isinstance(tokens, dict) else tokens.to(device)
         with autocast_context(device, precision):
             out.append(model.encode_text(tokens).float())

@@ -69,18 +69,18 @@ class StepOptions:
     sync_each_step: bool = False  # read the loss on the host after every step (what logging every step costs)
 
 
-# name -> options; "default" is what `contrastive train` runs with the shipped config defaults
+# every switch off: the step as a straightforward implementation would run it
+PLAIN = StepOptions(fused_adamw=False, foreach=False, fused_qkv=False, pooled_last_block=False, trim_padding=False)
+
+# name -> options; "default" is what `contrastive train` runs with the shipped config defaults; "+x" is plain with
+# switch x alone turned on
 VARIANTS: dict[str, StepOptions] = {
-    "plain": StepOptions(fused_adamw=False, foreach=False, fused_qkv=False, pooled_last_block=False, trim_padding=False),
-    "+foreach_adamw": StepOptions(fused_adamw=False, foreach=True, fused_qkv=False, pooled_last_block=False,
-                                  trim_padding=False),
-    "+fused_adamw": StepOptions(fused_adamw=True, fused_qkv=False, pooled_last_block=False, trim_padding=False),
-    "+fused_qkv": StepOptions(fused_adamw=False, foreach=False, fused_qkv=True, pooled_last_block=False,
-                              trim_padding=False),
-    "+pooled_last_block": StepOptions(fused_adamw=False, foreach=False, fused_qkv=False, pooled_last_block=True,
-                                      trim_padding=False),
-    "+trim_padding": StepOptions(fused_adamw=False, foreach=False, fused_qkv=False, pooled_last_block=False,
-                                 trim_padding=True),
+    "plain": PLAIN,
+    "+foreach_adamw": dataclasses.replace(PLAIN, foreach=True),
+    "+fused_adamw": dataclasses.replace(PLAIN, fused_adamw=True),
+    "+fused_qkv": dataclasses.replace(PLAIN, fused_qkv=True),
+    "+pooled_last_block": dataclasses.replace(PLAIN, pooled_last_block=True),
+    "+trim_padding": dataclasses.replace(PLAIN, trim_padding=True),
     "default": StepOptions(),
     "default+sync": StepOptions(sync_each_step=True),
     "default+compile": StepOptions(compile=True),

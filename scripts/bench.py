@@ -103,10 +103,11 @@ def bench_spec(spec_name: str, args: argparse.Namespace, device: torch.device) -
     rounds = args.rounds or (10 if cuda else 5)
     steps = args.steps or (10 if cuda else 2)
 
+    lengths = caption_lengths(args)
     if args.data:
         batches = B.loader_batches(args.data, spec, device, args.workers, pin_memory=not args.no_pin_memory)
     else:
-        batches = itertools.repeat(B.synthetic_batch(spec, device, caption_lengths=caption_lengths(args)))
+        batches = itertools.repeat(B.synthetic_batch(spec, device, caption_lengths=lengths))
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     matmul_n = 8192 if cuda else 1024
@@ -128,7 +129,7 @@ def bench_spec(spec_name: str, args: argparse.Namespace, device: torch.device) -
     results = B.summarise(contenders, times, spec.batch_size, reference)
 
     peak_rate = max([peak_rate] + [B.matmul_rate(device, dtype, matmul_n) for _ in range(3)])
-    flop_batch = B.synthetic_batch(spec, device, seed=1, caption_lengths=caption_lengths(args))
+    flop_batch = B.synthetic_batch(spec, device, seed=1, caption_lengths=lengths)
     flops = {}
     for c, r in zip(contenders, results):
         kind = "openclip" if c.name.startswith("openclip") else "toolkit"

@@ -58,7 +58,7 @@ class DataConfig:
     image_key: str = "image"  # column with image paths (relative to the data file)
     caption_key: str = "caption"  # column with the caption (or a list of captions)
     num_workers: int = 2  # dataloader worker processes
-    augment: bool = True  # random resized crop (and mild colour-free jitter) for training images
+    augment: bool = True  # random resized crop (no flips, no colour changes) for training images
     crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])  # RandomResizedCrop scale range
     on_bad_sample: str = "skip"  # skip (count and replace) | error (stop at the first)
     max_bad_fraction: float = 0.1  # stop when more than this fraction of samples seen are bad

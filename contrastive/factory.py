@@ -21,7 +21,7 @@ def create_model(cfg: ModelConfig, tokenizer=None) -> tuple[ContrastiveModel, Ca
     """Build (model, tokenizer) from a model config. Built-in text towers take their vocabulary and special tokens
     from the tokenizer."""
     if tokenizer is None:
-        tokenizer = build_tokenizer(cfg.tokenizer, cfg.context_length)
+        tokenizer = build_tokenizer(cfg.tokenizer, cfg.context_length, cfg.trust_remote_code)
     image_args = dict(cfg.image_encoder_args)
     text_args = dict(cfg.text_encoder_args)
     if encoder_modality(cfg.image_encoder) == "image":
@@ -33,6 +33,9 @@ def create_model(cfg: ModelConfig, tokenizer=None) -> tuple[ContrastiveModel, Ca
         text_args.setdefault("pad_token_id", tokenizer.pad_token_id)
     elif cfg.text_encoder.startswith("hf:"):
         text_args.setdefault("eot_token_id", tokenizer.eot_token_id)  # used by pooling "eot"
+    for name, args in ((cfg.image_encoder, image_args), (cfg.text_encoder, text_args)):
+        if name.startswith("hf:"):
+            args.setdefault("trust_remote_code", cfg.trust_remote_code)
     try:
         image_encoder = create_encoder(cfg.image_encoder, modality="image", **image_args)
         text_encoder = create_encoder(cfg.text_encoder, modality="text", **text_args)
@@ -70,7 +73,8 @@ def load(path: str | Path, device: str | torch.device = "cpu"):
     """`model, preprocess, tokenizer = load(run_dir_or_checkpoint)`.
 
     `preprocess(PIL.Image) -> (3, H, W)` tensor (eval transform); `tokenizer(list[str])` returns what
-    `model.encode_text` accepts. The model is in eval mode on `device`.
+    `model.encode_text` accepts. The model is in eval mode on `device`. A checkpoint's own
+    `model.trust_remote_code` is ignored: loading never imports code shipped with a model.
     """
     loaders = [fn for fn in _EXTERNAL_LOADERS if fn[0](Path(path))]
     if loaders:
@@ -78,7 +82,7 @@ def load(path: str | Path, device: str | torch.device = "cpu"):
     ckpt = resolve_checkpoint(path)
     meta = read_meta(ckpt)
     cfg = config_from_dict(meta["config"]).model
-    cfg = dataclasses.replace(cfg, init_from="")
+    cfg = dataclasses.replace(cfg, init_from="", trust_remote_code=False)
     tokenizer_file = ckpt / "tokenizer.json"
     tokenizer = load_tokenizer_file(tokenizer_file, cfg.context_length) if tokenizer_file.is_file() else None
     model, tokenizer = create_model(cfg, tokenizer)

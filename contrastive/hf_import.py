@@ -187,7 +187,8 @@ def load_bundled_checkpoint(path: Path, device: str | torch.device = "cpu"):
     from .factory import create_model
 
     ckpt = _bundled_checkpoint(path)
-    cfg = dataclasses.replace(config_from_dict(read_meta(ckpt)["config"]).model, init_from="")
+    model_cfg = config_from_dict(read_meta(ckpt)["config"]).model
+    cfg = dataclasses.replace(model_cfg, init_from="", trust_remote_code=False)  # loading never imports model code
     tokenizer = load_bundled_tokenizer(ckpt, cfg.context_length) if (ckpt / TOKENIZER_FILE).is_file() else None
     if (ckpt / TOWERS_FILE).is_file():
         configs = json.loads((ckpt / TOWERS_FILE).read_text())

@@ -16,7 +16,8 @@ import torch
 class HFTokenizer:
     """Wraps `transformers.AutoTokenizer.from_pretrained(path)` with a fixed length, padding and truncation."""
 
-    def __init__(self, path: str | Path, context_length: int, spec: str | None = None) -> None:
+    def __init__(self, path: str | Path, context_length: int, spec: str | None = None,
+                 trust_remote_code: bool = False) -> None:
         # DataLoader workers fork after the tokenizer has run; its thread pool must not be used across the fork
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         from transformers import AutoTokenizer
@@ -26,8 +27,11 @@ class HFTokenizer:
         self.path = resolve_hf_path(str(path))
         self.spec = spec or f"hf:{path}"
         try:
-            self.hf_tokenizer = AutoTokenizer.from_pretrained(self.path)
+            self.hf_tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:
+            if "trust_remote_code" in str(e) and not trust_remote_code:
+                raise FileNotFoundError(f"tokenizer '{self.spec}': cannot load without running the code it ships; "
+                                        "set model.trust_remote_code=true only if you trust it") from None
             raise FileNotFoundError(f"tokenizer '{self.spec}': cannot load ({str(e).splitlines()[0][:200]})") from None
         tok = self.hf_tokenizer
         max_len = getattr(tok, "model_max_length", None)

@@ -116,8 +116,9 @@ class TextTokenizer:
         Path(directory, "tokenizer.json").write_text(self.tokenizer.to_str())
 
 
-def build_tokenizer(spec: str, context_length: int):
-    """`byte` | `bpe:<tokenizer.json>` | `hf:<dir or id>` -> a callable tokenizer."""
+def build_tokenizer(spec: str, context_length: int, trust_remote_code: bool = False):
+    """`byte` | `bpe:<tokenizer.json>` | `hf:<dir or id>` -> a callable tokenizer. `trust_remote_code` lets an HF
+    tokenizer run code shipped with it."""
     if spec == "byte":
         return TextTokenizer(byte_level_tokenizer(), context_length, spec)
     if spec.startswith("bpe:"):
@@ -130,7 +131,7 @@ def build_tokenizer(spec: str, context_length: int):
     if spec.startswith("hf:"):
         from .hf_tokenizer import HFTokenizer  # transformers is only needed for HF tokenizers
 
-        return HFTokenizer(spec[3:], context_length)
+        return HFTokenizer(spec[3:], context_length, trust_remote_code=trust_remote_code)
     raise ValueError(f"unknown tokenizer '{spec}' (use byte, bpe:<tokenizer.json> or hf:<dir or id>)")
 
 

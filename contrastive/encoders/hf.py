@@ -83,11 +83,11 @@ def dual_encoder_type(path: str | Path) -> str | None:
     return kind if kind in DUAL_ENCODERS else None
 
 
-def load_dual_model(path: str | Path):
+def load_dual_model(path: str | Path, trust_remote_code: bool = False):
     """A dual encoder directory loaded by transformers itself (which also maps renamed weights), in fp32, eval."""
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(str(path), dtype=torch.float32).eval()
+    return AutoModel.from_pretrained(str(path), dtype=torch.float32, trust_remote_code=trust_remote_code).eval()
 
 
 def dual_tower(dual: nn.Module, modality: str) -> nn.Module:
@@ -189,12 +189,22 @@ class HFTower(nn.Module):
 def _config_from_dict(values: dict[str, Any]):
     from transformers import AutoConfig
 
+    from ..config import ConfigError
+
     values = dict(values)
-    return AutoConfig.for_model(values.pop("model_type"), **values)
+    kind = values.pop("model_type")
+    try:
+        return AutoConfig.for_model(kind, **values)
+    except ValueError:
+        raise ConfigError(f"model type '{kind}' is not built into transformers: a tower with its own modelling code "
+                          "is not rebuilt from a checkpoint (loading never imports model code)") from None
 
 
-def build_hf_model(spec: str, modality: str, hf_config: dict[str, Any] | None = None, pretrained: bool = True):
-    """(model, pretrained projection or None) for `hf:<spec>`; from `hf_config` alone (random weights) when given."""
+def build_hf_model(spec: str, modality: str, hf_config: dict[str, Any] | None = None, pretrained: bool = True,
+                   trust_remote_code: bool = False):
+    """(model, pretrained projection or None) for `hf:<spec>`; from `hf_config` alone (random weights) when given.
+    `trust_remote_code` lets transformers import modelling code shipped with the directory (off: such a model is
+    refused with a one-line ConfigError)."""
     from transformers import AutoModel
 
     if hf_config is not None:
@@ -205,23 +215,28 @@ def build_hf_model(spec: str, modality: str, hf_config: dict[str, Any] | None = 
         key, _, proj_key = DUAL_ENCODERS[kind][modality]
         if not pretrained:
             return AutoModel.from_config(_config_from_dict(read_hf_config(path)[key])), None
-        dual = load_dual_model(path)
+        dual = load_dual_model(path, trust_remote_code)
         proj = getattr(dual, proj_key.split(".")[0]).weight.detach().clone() if proj_key else None
         return dual_tower(dual, modality), proj
+    trust = {"trust_remote_code": trust_remote_code}
     try:
         if pretrained:
-            return AutoModel.from_pretrained(path, dtype=torch.float32), None
+            return AutoModel.from_pretrained(path, dtype=torch.float32, **trust), None
         from transformers import AutoConfig
 
-        return AutoModel.from_config(AutoConfig.from_pretrained(path)), None
-    except OSError as e:
+        return AutoModel.from_config(AutoConfig.from_pretrained(path, **trust), **trust), None
+    except (OSError, ValueError) as e:
         from ..config import ConfigError
 
+        if "trust_remote_code" in str(e) and not trust_remote_code:
+            raise ConfigError(f"hf:{spec}: cannot load without running the modelling code it ships; "
+                              "set model.trust_remote_code=true only if you trust it") from None
         raise ConfigError(f"hf:{spec}: cannot load ({str(e).splitlines()[0][:200]})") from None
 
 
 def hf_source(spec: str, *, modality: str | None = None, pooling: str = "auto", hf_config: dict | None = None,
-              pretrained: bool = True, eot_token_id: int | None = None, **ignored) -> HFTower:
+              pretrained: bool = True, eot_token_id: int | None = None, trust_remote_code: bool = False,
+              **ignored) -> HFTower:
     """Registry source for `hf:` names. `hf_config` (a config dict saved with a checkpoint) rebuilds the tower
     without its directory; `pretrained=False` keeps the architecture with random weights. Tokenizer-derived
     arguments the factory passes to every text tower (`vocab_size`, `pad_token_id`, ...) are ignored."""
@@ -229,7 +244,7 @@ def hf_source(spec: str, *, modality: str | None = None, pooling: str = "auto", 
 
     if modality not in ("image", "text"):
         raise ConfigError(f"hf:{spec}: say which tower it is (modality image or text)")
-    model, projection = build_hf_model(spec, modality, hf_config, pretrained)
+    model, projection = build_hf_model(spec, modality, hf_config, pretrained, trust_remote_code)
     wants = "pixel_values" if modality == "image" else "input_ids"
     if getattr(model, "main_input_name", wants) != wants:
         raise ConfigError(f"hf:{spec} is a {type(model).__name__}, not a {modality} model")

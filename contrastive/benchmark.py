@@ -239,14 +239,15 @@ def synthetic_batch(spec: BenchSpec, device: torch.device, seed: int = 0,
     }
 
 
-def loader_batches(data: str, spec: BenchSpec, device: torch.device, num_workers: int, pin_memory: bool) -> Iterator[dict[str, Any]]:
+def loader_batches(data: str, spec: BenchSpec, device: torch.device, num_workers: int, pin_memory: bool,
+                   copy_stream: bool = True) -> Iterator[dict[str, Any]]:
     """Endless batches of real images and captions through the training loader (transforms, tokenizer, workers),
     padded to the context as OpenCLIP's are; `trim_length` tells toolkit contenders where their loader would cut."""
     from .config import DataConfig, ModelConfig
     from .data import TrainData
     from .data.loader import padded_length
     from .tokenizer import build_tokenizer
-    from .train import to_device
+    from .data.prefetch import device_batches
 
     if spec.vocab_size < 259:
         raise ValueError("end-to-end mode uses the byte tokenizer, which needs vocab_size >= 259")
@@ -262,8 +263,7 @@ def loader_batches(data: str, spec: BenchSpec, device: torch.device, num_workers
 
     epoch = 0
     while True:
-        for batch in train_data.batches(epoch, 0):
-            yield to_device(with_trim_length(batch), device)
+        yield from device_batches((with_trim_length(b) for b in train_data.batches(epoch, 0)), device, copy_stream)
         epoch += 1
 
 

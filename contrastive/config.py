@@ -66,6 +66,7 @@ class DataConfig:
     max_image_pixels: int = 89_478_485  # larger images are skipped as decompression bombs (Pillow's default limit)
     split: str = "train"  # HF dataset split used for data.train
     pin_memory: bool = True  # page-locked batches for faster host-to-GPU copies (CUDA only)
+    copy_stream: bool = True  # CUDA: copy each batch to the GPU on a side stream, overlapping the previous step
     persistent_workers: bool = False  # keep dataloader workers alive across epochs (tables and HF datasets)
     prefetch_factor: int = 4  # batches each worker prepares ahead
     trim_padding: bool = True  # pad each batch's captions to its longest (rounded up to 8), not the context length

@@ -30,6 +30,7 @@ from .checkpoint import (
 )
 from .config import Config, ConfigError, config_to_dict, save_config
 from .data import TrainData, build_transform, read_records
+from .data.prefetch import device_batches
 from .distributed import (
     DistInfo,
     all_reduce_mean,
@@ -167,17 +168,6 @@ def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.O
     optimizer.zero_grad(set_to_none=True)
     unwrap(model).clamp_logit_scale_()
     return loss.detach(), grad_norm.detach()
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    def move(x):
-        if isinstance(x, torch.Tensor):
-            return x.to(device, non_blocking=True)
-        if isinstance(x, dict):
-            return {k: move(v) for k, v in x.items()}
-        return x
-
-    return {k: move(v) for k, v in batch.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -385,10 +375,11 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
 
     model.train()
     while progress.step < total_steps and not stopping:
-        for batch in train_data.batches(progress.epoch, progress.batch_in_epoch):
+        epoch_batches = train_data.batches(progress.epoch, progress.batch_in_epoch)
+        for batch in device_batches(epoch_batches, device, cfg.data.copy_stream):
             lr = lr_at(progress.step, total_steps, cfg.optim)
             set_lr(optimizer, lr)
-            loss, grad_norm = train_step(train_model, to_device(batch, device), optimizer, scaler, cfg, device, info, loss_fn)
+            loss, grad_norm = train_step(train_model, batch, optimizer, scaler, cfg, device, info, loss_fn)
             guard.record(torch.isfinite(loss) & torch.isfinite(grad_norm), progress.step + 1)
             loss_sum += loss
             progress.step += 1

@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", default="", help="end-to-end mode: a training table read through the real loader")
     p.add_argument("--workers", type=int, default=2, help="loader workers in end-to-end mode")
     p.add_argument("--no-pin-memory", action="store_true", help="end-to-end on CUDA: pageable instead of pinned batches")
+    p.add_argument("--no-copy-stream", action="store_true",
+                   help="end-to-end on CUDA: copy batches on the compute stream instead of a side stream")
     p.add_argument("--json", default="", help="also write the JSON report here")
     p.add_argument("--markdown", default=str(ROOT / "docs" / "benchmarks.md"), help="append the table here ('' = no)")
     return p.parse_args(argv)
@@ -105,7 +107,8 @@ def bench_spec(spec_name: str, args: argparse.Namespace, device: torch.device) -
 
     lengths = caption_lengths(args)
     if args.data:
-        batches = B.loader_batches(args.data, spec, device, args.workers, pin_memory=not args.no_pin_memory)
+        batches = B.loader_batches(args.data, spec, device, args.workers, pin_memory=not args.no_pin_memory,
+                                    copy_stream=not args.no_copy_stream)
     else:
         batches = itertools.repeat(B.synthetic_batch(spec, device, caption_lengths=lengths))
 

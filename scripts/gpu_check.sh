@@ -3,7 +3,7 @@
 # own time limit, for a GPU machine that may have no network. Results (JSON, markdown, logs) go to $OUT
 # (default gpu_results/); copy the tables into docs/benchmarks.md afterwards.
 #
-#   bash scripts/gpu_check.sh                      # bench, loss, gradcache: about 9 minutes on one H100/H200
+#   bash scripts/gpu_check.sh                      # cudatests, bench, loss, gradcache: about 10 minutes on one H100/H200
 #   PARTS="bench loss" bash scripts/gpu_check.sh   # some parts
 #   SMOKE=1 bash scripts/gpu_check.sh              # tiny sizes on the CPU: checks the script itself
 #
@@ -12,6 +12,7 @@
 #   captions   scripts/bench.py: ViT-B/32 b512 with captions of 8-40 tokens (COCO-like lengths; trimmed padding)
 #   loss       scripts/bench_loss.py: plain vs tiled vs OpenCLIP ClipLoss up to B = 1,048,576 (D = 512)
 #   gradcache  scripts/bench_gradcache.py: ViT-B/32 plain b512 vs gradient caching at global batch 65,536
+#   cudatests  the tests that skip without CUDA (copy-stream batches, metrics on the GPU); needs pytest there
 #
 # OpenCLIP is optional (without it bench.py compares against the plain step). With no network, carry its wheels
 # in .whl/ (git-ignored: name it in the device tool's carry) (open_clip_torch, ftfy, wcwidth: `pip download --no-deps --only-binary=:all: --python-version 3.12
@@ -27,7 +28,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
-PARTS=${PARTS:-"bench loss gradcache"}
+PARTS=${PARTS:-"cudatests bench loss gradcache"}
 
 if [ -n "${SMOKE:-}" ]; then  # the same commands at sizes a CPU runs in a minute
   DEV=cpu; SPECS=tiny; CAPTION_SPEC=tiny; BENCH_ARGS="--rounds 1 --steps 1 --split-steps 1 --variants plain,default"
@@ -69,7 +70,9 @@ for p in $PARTS; do
         --steps 3 $GC_MODEL
       part gradcache_big 150 $PY scripts/bench_gradcache.py --device $DEV --precision $GC_PRECISION $GC_BIG \
         --steps 1 $GC_MODEL loss.chunk_size=$GC_CHUNK ;;
-    *) echo "unknown part '$p' (bench, captions, loss, gradcache)"; status=2 ;;
+    cudatests)
+      part cudatests 120 $PY -m pytest -q -rs tests/test_prefetch.py tests/test_metrics.py ;;
+    *) echo "unknown part '$p' (bench, captions, loss, gradcache, cudatests)"; status=2 ;;
   esac
 done
 exit $status

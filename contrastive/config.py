@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -115,13 +116,18 @@ class TrainConfig:
     max_nan_steps: int = 20  # stop after this many steps in a row with a NaN/inf loss or gradient (each is skipped)
 
 
+# eval metrics that can pick the best checkpoint (higher is better), by task
+_BEST_METRICS = {"retrieval": r"(image|text)_retrieval_recall@(1|5|10)|caption_ranking_acc1",
+                 "zeroshot": r"acc1|acc5|mean_per_class_recall"}
+
+
 @dataclass
 class EvalConfig:
     every_n_steps: int = 0  # evaluate on data.val every N steps (0 = only at the end when data.val is set)
     tasks: list[str] = field(default_factory=lambda: ["retrieval"])  # retrieval and/or zeroshot
     batch_size: int = 256  # images per embedding batch
     zeroshot_class_key: str = ""  # column holding the class for zero-shot accuracy
-    best_metric: str = "text_retrieval_recall@1"  # metric that picks the best checkpoint
+    best_metric: str = "text_retrieval_recall@1"  # metric that picks the best checkpoint (empty: none)
 
 
 @dataclass
@@ -228,6 +234,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"finetune.{tower}: lr_scale must be >= 0 and unlocked_layers >= -1")
     if "zeroshot" in cfg.eval.tasks and not cfg.eval.zeroshot_class_key:
         raise ConfigError("eval.tasks has zeroshot but eval.zeroshot_class_key (the class column) is empty")
+    best = cfg.eval.best_metric
+    if best and not any(re.fullmatch(_BEST_METRICS[t], best) for t in cfg.eval.tasks):
+        raise ConfigError(f"eval.best_metric={best!r} is not a higher-is-better metric of eval.tasks {cfg.eval.tasks} "
+                          "(e.g. text_retrieval_recall@1, image_retrieval_recall@5, caption_ranking_acc1, acc1); "
+                          "empty = no best checkpoint")
     _validate_run_settings(cfg)
 
 

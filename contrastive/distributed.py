@@ -167,6 +167,10 @@ def shard_model(model: nn.Module) -> nn.Module:
                 done.append(name)
         fully_shard(tower)
     fully_shard(model, ignored_params={p for p in model.parameters() if p.ndim == 0})
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    for method in ("encode_image", "encode_text"):  # evaluation calls these, not forward: gather for them too
+        register_fsdp_forward_method(model, method)
     return model
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from PIL import Image
 
 from .data import DataError, Record
+from .data.bad import BadSample
+from .data.images import decode_image
 from .data.loader import trim_padding
 from .model import ContrastiveModel
 
@@ -33,7 +34,11 @@ def embed_images(model: ContrastiveModel, paths: list[str], preprocess: Callable
     for i in range(0, len(paths), batch_size):
         pixels = []
         for p in paths[i : i + batch_size]:
-            with Image.open(p) as img:
+            try:  # decoded as training decodes: EXIF orientation, RGB, the same pixel-count guard
+                img = decode_image(p)
+            except BadSample as e:
+                raise DataError(f"evaluation image {p}: {e}") from None
+            with img:
                 pixels.append(preprocess(img))
         with autocast_context(device, precision):
             out.append(model.encode_image(torch.stack(pixels).to(device)).float())

@@ -68,8 +68,9 @@ def _hf_tokenizer(tokenizer, context_length: int):
     backend = Tokenizer.from_str(tokenizer.tokenizer.to_str())
     backend.no_padding()  # the fixed-length padding is the toolkit's choice; transformers pads per call
     backend.no_truncation()
+    # input_ids + attention_mask only: CLIP text models take no token_type_ids
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=SOT, eos_token=EOT, pad_token=PAD,
-                                   model_max_length=context_length)
+                                   model_max_length=context_length, model_input_names=["input_ids", "attention_mask"])
 
 
 def _image_processor(cfg: ModelConfig):

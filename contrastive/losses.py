@@ -97,9 +97,17 @@ class _Positives:
 
 
 def _dense_ids(ids: Tensor) -> tuple[Tensor, int]:
-    """Arbitrary int ids (n,) -> (ids relabelled 0..k-1, k)."""
-    unique, inverse = torch.unique(ids, return_inverse=True)
-    return inverse, unique.numel()
+    """Arbitrary int ids (n,) -> (ids relabelled into 0..n-1, n): equal ids share a label.
+
+    Sort-based and of static size, so it never reads a count back to the host (torch.unique would: a GPU sync
+    every step); the n bound only sizes the group-sum buffers, whose unused rows stay zero.
+    """
+    n = ids.shape[0]
+    sorted_ids, order = torch.sort(ids)  # (n,), (n,)
+    starts = torch.ones_like(sorted_ids, dtype=torch.bool)  # (n,) True where a new id begins
+    starts[1:] = sorted_ids[1:] != sorted_ids[:-1]
+    labels = torch.cumsum(starts, 0) - 1  # (n,) label of each sorted position
+    return torch.empty_like(labels).scatter_(0, order, labels), n
 
 
 def _positives(
@@ -124,7 +132,9 @@ def _positives(
             full, full_name = local, name  # global loss: the local rows are all rows
         if full is not None and full.shape != (n,):
             raise ValueError(f"{full_name} must have shape ({n},), got {tuple(full.shape)}")
-        if local is not None and not torch.equal(local, full[offset : offset + m]):
+        # a consistency check for callers of the local losses; skipped for device tensors (it would be a host sync)
+        if local is not None and local is not full and local.device.type == "cpu" \
+                and not torch.equal(local, full[offset : offset + m].to(local.device)):
             raise ValueError(f"{name} must equal all_{name}[offset:offset + {m}] (got shape {tuple(local.shape)})")
         full_ids.append(full)
     return _Positives(offset, m, n, *[None if i is None else i.to(device) for i in full_ids], device)

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import random
+import re
 import time
 from contextlib import nullcontext
 from datetime import datetime
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from .checkpoint import (
+    CheckpointError,
     latest_checkpoint,
     load_state,
     load_weights,
@@ -81,8 +83,9 @@ def resolve_run_dir(cfg: Config) -> Path:
     root = Path(cfg.train.output_dir)
     if cfg.train.run_name:
         return root / cfg.train.run_name
-    if cfg.train.resume:
-        previous = sorted(p for p in root.glob(f"{cfg.name}-*") if p.is_dir())
+    if cfg.train.resume:  # only this config's own timestamped runs: `clip` must not resume `clip-large-...`
+        stamped = re.compile(re.escape(cfg.name) + r"-\d{8}-\d{6}")
+        previous = sorted(p for p in root.glob(f"{cfg.name}-*") if p.is_dir() and stamped.fullmatch(p.name))
         if previous:
             return previous[-1]
     return root / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -109,16 +112,16 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_pos": random.getstate()[2]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():  # this process's device only: a resume may see a different number of GPUs
+        state["cuda_device"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate((3, tuple(int(x) for x in state["python"]), state["python_pos"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda_device" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_device"])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -133,7 +136,10 @@ def compute_loss(model: nn.Module, batch: dict[str, Any], cfg: Config, info: Dis
 
 
 def unwrap(model: nn.Module) -> ContrastiveModel:
-    return model.module if hasattr(model, "module") else model
+    """The ContrastiveModel inside DDP and/or torch.compile wrappers."""
+    while isinstance(model, nn.parallel.DistributedDataParallel) or hasattr(model, "_orig_mod"):
+        model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model._orig_mod
+    return model
 
 
 def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -258,12 +264,17 @@ def _restore(ckpt: Path, model: ContrastiveModel, optimizer, scaler, progress: P
 
     meta = read_meta(ckpt)
     state = load_state(ckpt)
-    if is_sharded(model):
-        load_full_state_dicts(model, optimizer, load_weights(ckpt), state["optimizer"])
-    else:
-        model.load_state_dict(load_weights(ckpt))
-        optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
+    try:
+        if is_sharded(model):
+            load_full_state_dicts(model, optimizer, load_weights(ckpt), state["optimizer"])
+        else:
+            model.load_state_dict(load_weights(ckpt))
+            optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+    except (RuntimeError, ValueError, KeyError) as e:  # another model, optimizer layout or precision
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot resume from {ckpt}: it does not fit this run's model, optimizer or "
+                              f"precision ({first}); resume with the config it was saved with") from None
     set_rng_state(state["rng"])
     if train_data is not None and "data" in state:
         train_data.load_state_dict(state["data"])
@@ -303,14 +314,14 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
     check_inputs(cfg)
     # pretrained sources decide towers / preprocessing; the run saves the resolved config
     cfg = dataclasses.replace(cfg, model=resolve_model_config(cfg.model))
-    run_dir = broadcast_object(resolve_run_dir(cfg) if info.is_main else None, info)
-    if info.is_main:
-        prepare_run_dir(cfg, run_dir)
-        remove_partial_checkpoints(run_dir / "checkpoints")
-    barrier(info)
 
     seed_everything(t.seed)
-    model, tokenizer = create_model(cfg.model)
+    try:
+        model, tokenizer = create_model(cfg.model)
+    except ValueError as e:  # a tower, pooling or tokenizer setting that does not fit: one line, not a traceback
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"model: {e}") from None
     if cfg.model.init_from:
         init_weights_from(model, cfg.model.init_from)
     apply_finetune(model, cfg.finetune)
@@ -331,6 +342,12 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
     if val_records is not None and "zeroshot" in cfg.eval.tasks:
         record_labels(val_records, cfg.eval.zeroshot_class_key)  # a missing class column fails now, not at the first eval
     eval_transform = build_transform(cfg.model, cfg.data, train=False)
+    # the run directory is made only once model and data are known to load: a typo leaves nothing behind
+    run_dir = broadcast_object(resolve_run_dir(cfg) if info.is_main else None, info)
+    if info.is_main:
+        prepare_run_dir(cfg, run_dir)
+        remove_partial_checkpoints(run_dir / "checkpoints")
+    barrier(info)
 
     optimizer = build_optimizer(model, cfg.optim, finetune_param_groups(model, cfg.optim, cfg.finetune))
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
@@ -344,8 +361,11 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
     train_model: nn.Module = model
     if info.enabled and not t.fsdp:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    loss_fn = step_loss_fn(compute_loss, t.compile and not info.enabled, mode=t.compile_mode)
-    if t.compile and info.enabled:  # keep the loss's collectives out of the graph: compile the towers only
+    # one graph for towers + loss where the step is one forward; otherwise compile the towers only (keeping the
+    # loss's collectives, and gradient caching's two passes around the loss, out of the graph)
+    whole_step = t.compile and not info.enabled and t.micro_batch_size == 0
+    loss_fn = step_loss_fn(compute_loss, whole_step, mode=t.compile_mode)
+    if t.compile and not whole_step:
         train_model = torch.compile(train_model, mode=t.compile_mode)
 
     logger = MetricsLogger(run_dir, info.is_main)
@@ -356,14 +376,25 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
         bar = tqdm(total=total_steps, initial=progress.step, desc=run_dir.name, dynamic_ncols=True)
 
     def run_eval() -> dict[str, float]:
-        metrics = evaluate_records(model, val_records, eval_transform, tokenizer, tasks=cfg.eval.tasks,
-                                   class_key=cfg.eval.zeroshot_class_key, batch_size=cfg.eval.batch_size,
-                                   device=device, precision=t.precision)
+        """Validation metrics; a failing evaluation (a bad val image, out of memory) is reported in one line and
+        the run goes on, so it never costs the training or the checkpoint that follows."""
+        try:
+            metrics = evaluate_records(model, val_records, eval_transform, tokenizer, tasks=cfg.eval.tasks,
+                                       class_key=cfg.eval.zeroshot_class_key, batch_size=cfg.eval.batch_size,
+                                       device=device, precision=t.precision)
+        except Exception as e:  # noqa: BLE001 - reported, and training is worth more than one evaluation
+            if sharded:  # ranks evaluate together; one failing alone would leave the others waiting
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            print(f"evaluation at step {progress.step} failed, training goes on: {type(e).__name__}: {first}", flush=True)
+            return {}
         return {f"val/{k}": v for k, v in metrics.items()}
 
     loss_sum = torch.zeros((), device=device)
     window_steps, window_start = 0, time.perf_counter()
     last_eval: dict[str, float] = {}
+    last_eval_step = -1
+    sharded = is_sharded(model)  # a sharded model evaluates and gathers its state on every rank
     guard = NonFiniteGuard(t.max_nan_steps, device, progress.nonfinite_steps, progress.nonfinite_streak)
     last_good = latest_checkpoint(run_dir / "checkpoints") if progress.step else None
     stopping = False
@@ -415,17 +446,17 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
                 bar.update(1)
 
             done = progress.step >= total_steps
-            sharded = is_sharded(model)  # a sharded model evaluates and gathers its state on every rank
             if val_records is not None and (info.is_main or sharded) and (
                 (cfg.eval.every_n_steps > 0 and progress.step % cfg.eval.every_n_steps == 0) or done
             ):
-                last_eval = run_eval()
+                last_eval, last_eval_step = run_eval(), progress.step
                 logger.log(progress.step, last_eval)
             if (t.save_every_n_steps > 0 and progress.step % t.save_every_n_steps == 0) or done or stopping:
                 sync_guard()
                 full = full_state_dicts(model, optimizer) if sharded else None
                 if info.is_main:
-                    metric = last_eval.get(f"val/{cfg.eval.best_metric}")
+                    # only an evaluation of these very weights can make them the best
+                    metric = last_eval.get(f"val/{cfg.eval.best_metric}") if last_eval_step == progress.step else None
                     if metric is not None and metric > progress.best_metric:
                         progress.best_metric = metric
                         progress.best_checkpoint = f"step_{progress.step:08d}"

@@ -57,6 +57,23 @@ def test_bad_values_rejected(override):
         load_config(ROOT / "configs/shapes_tiny.yaml", [override])
 
 
+@pytest.mark.parametrize("overrides,ok", [
+    (["eval.best_metric=image_retrieval_recall@5"], True),
+    (["eval.best_metric=caption_ranking_acc1"], True),
+    (["eval.best_metric="], True),  # no best checkpoint
+    (["eval.best_metric=text_retrieval_recal@1"], False),  # a typo would silently never pick a best
+    (["eval.best_metric=text_retrieval_mean_rank"], False),  # lower is better: max would pick the worst
+    (["eval.best_metric=acc1"], False),  # a zero-shot metric without the zero-shot task
+    (["eval.tasks=[retrieval, zeroshot]", "eval.zeroshot_class_key=shape", "eval.best_metric=acc1"], True),
+])
+def test_best_metric_must_be_one_the_evaluation_reports(overrides, ok):
+    if ok:
+        load_config(None, overrides)
+    else:
+        with pytest.raises(ConfigError, match="eval.best_metric"):
+            load_config(None, overrides)
+
+
 def test_unknown_key_in_yaml(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump({"optim": {"learning_rate": 1e-3}}))

@@ -107,6 +107,21 @@ def test_torchrun_resume_continues_exactly(tmp_path, single_run):
     assert_same_run(crashed, single_run, [2, 3], 3)
 
 
+@pytest.mark.slow
+def test_torchrun_fsdp_evaluates_every_rank_together(tmp_path):
+    """Evaluation calls encode_image / encode_text, not forward: a sharded model must gather its weights for them."""
+    lines = (ROOT / "data/shapes/val.csv").read_text().splitlines(keepends=True)
+    val = tmp_path / "val.csv"
+    val.write_text(lines[0] + "".join(str(ROOT / "data/shapes") + "/" + line for line in lines[1:17]))
+    proc = run(torchrun(*train_cmd(tmp_path, "train.fsdp=true", "train.max_steps=2", f"data.val={val}",
+                                   "eval.every_n_steps=1")))
+    assert "failed" not in proc.stdout
+    evals = [m for m in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+             if "val/text_retrieval_recall@1" in m]
+    assert [m["step"] for m in evals] == [1, 2]
+    assert all(0.0 <= m["val/text_retrieval_recall@1"] <= 1.0 for m in evals)
+
+
 def test_fsdp_with_fp16_is_refused():
     from contrastive.config import ConfigError, load_config
 

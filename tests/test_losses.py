@@ -141,6 +141,16 @@ def test_content_ids():
     assert ids.tolist() == [0, 1, 0, 2, 1]
 
 
+def test_dense_ids_group_equal_ids_without_a_host_count():
+    from contrastive.losses import _dense_ids
+
+    ids = torch.tensor([907, -3, 907, 5, -3, 907, 2**40])
+    labels, bound = _dense_ids(ids)
+    assert bound == len(ids) and labels.min() >= 0 and labels.max() < bound
+    same = ids[:, None] == ids[None, :]
+    assert torch.equal(labels[:, None] == labels[None, :], same)  # equal ids <=> equal labels
+
+
 @pytest.mark.parametrize("name", ["clip", "siglip"])
 def test_duplicate_caption_uses_soft_targets(name):
     image, text, logit_scale, logit_bias = make_inputs(12)

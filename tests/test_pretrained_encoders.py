@@ -50,6 +50,14 @@ def test_hf_vision_towers_pool_as_specified(tower_dirs, kind, pooling):
     y.square().sum().backward()
     grads = [p.grad for p in tower.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert_no_unused_trainable(tower)
+
+
+def assert_no_unused_trainable(tower):
+    """Every trainable parameter gets a gradient (DDP without find_unused_parameters fails otherwise); a pooler
+    the pooling skips is frozen instead."""
+    unused = [n for n, p in tower.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, unused
 
 
 @pytest.mark.parametrize("kind,pooling", TEXT_POOLS)
@@ -70,12 +78,21 @@ def test_hf_text_towers_pool_as_specified(tower_dirs, kind, pooling):
         "eot": torch.stack([h[i, int(first_eot[i])] for i in range(2)]),
     }[pooling]
     torch.testing.assert_close(y.detach(), expected)
+    y.square().sum().backward()
+    assert_no_unused_trainable(tower)
 
 
 def test_auto_pooling_defaults(tower_dirs):
     assert create_encoder(f"hf:{tower_dirs['bert']}", modality="text").pooling == "mean"
     assert create_encoder(f"hf:{tower_dirs['clip_text']}", modality="text").pooling == "pooler"
     assert create_encoder(f"hf:{tower_dirs['vit']}", modality="image").pooling == "pooler"
+
+
+def test_parameters_the_pooling_skips_are_frozen_but_kept(tower_dirs):
+    bert = create_encoder(f"hf:{tower_dirs['bert']}", modality="text")  # mean pooling: BERT's pooler is unused
+    assert bert.frozen_unused == ["model.pooler.dense.weight", "model.pooler.dense.bias"]
+    assert not bert.model.pooler.dense.weight.requires_grad and "model.pooler.dense.weight" in bert.state_dict()
+    assert create_encoder(f"hf:{tower_dirs['bert']}", modality="text", pooling="pooler").frozen_unused == []
 
 
 def test_wrong_modality_and_missing_dir_are_config_errors(tower_dirs, tmp_path):

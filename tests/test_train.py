@@ -93,3 +93,66 @@ def test_default_recipe_learns_far_above_chance(tmp_path):
     chance = final["val/caption_ranking_chance"]
     assert final["val/text_retrieval_recall@1"] > 10 * chance
     assert final["val/text_retrieval_recall@5"] > 0.1
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# a run survives what it can: failing evaluations, typos, the wrong checkpoint
+
+
+def val_csv(tmp_path, rows: int, missing: int = 0):
+    """The first `rows` held-out images with absolute paths; the first `missing` of them point at no file."""
+    lines = (ROOT / "data/shapes/val.csv").read_text().splitlines(keepends=True)
+    body = [str(ROOT / "data/shapes") + "/" + line for line in lines[1 : rows + 1]]
+    body[:missing] = ["missing/" + line for line in body[:missing]]
+    path = tmp_path / "val.csv"
+    path.write_text(lines[0] + "".join(body))
+    return path
+
+
+def test_failed_evaluation_is_reported_and_the_run_finishes(tmp_path, capsys):
+    from contrastive.checkpoint import latest_checkpoint
+
+    run = train(tiny_cfg(tmp_path, "train.batch_size=32", "train.max_steps=2", "eval.every_n_steps=1",
+                         f"data.val={val_csv(tmp_path, 8, missing=1)}"))
+    out = capsys.readouterr().out
+    assert "evaluation at step 1 failed, training goes on: DataError: evaluation image" in out
+    assert "evaluation at step 2 failed" in out
+    assert latest_checkpoint(run / "checkpoints").name == "step_00000002"  # the final checkpoint is saved
+    assert not any(k.startswith("val/") for m in read_metrics(run) for k in m)
+
+
+def test_best_checkpoint_comes_from_an_evaluation_of_its_own_weights(tmp_path):
+    from contrastive.checkpoint import read_meta
+
+    run = train(tiny_cfg(tmp_path, "train.batch_size=32", "train.max_steps=4", "eval.every_n_steps=2",
+                         "train.save_every_n_steps=3", "train.keep_checkpoints=5", f"data.val={val_csv(tmp_path, 16)}"))
+    # step 3 is saved but was not evaluated: step 2's score must not make it the best
+    assert read_meta(run / "checkpoints" / "step_00000003")["best_checkpoint"] == ""
+    final = read_meta(run / "checkpoints" / "step_00000004")
+    assert final["best_checkpoint"] == "step_00000004" and final["best_metric"] is not None
+
+
+def test_resume_picks_only_this_configs_own_runs(tmp_path):
+    from contrastive.train import resolve_run_dir
+
+    for name in ("shapes_tiny-20260101-000000", "shapes_tiny-large-20270101-000000", "shapes_tiny-20250101-000000"):
+        (tmp_path / name).mkdir()
+    cfg = load_config(ROOT / "configs/shapes_tiny.yaml", [f"train.output_dir={tmp_path}", "train.resume=true"])
+    assert resolve_run_dir(cfg) == tmp_path / "shapes_tiny-20260101-000000"
+
+
+def test_a_bad_model_setting_fails_in_one_line_before_the_run_directory(tmp_path):
+    with pytest.raises(contrastive.ConfigError, match="^model: unknown tokenizer 'wordpiece'") as e:
+        train(tiny_cfg(tmp_path, "train.batch_size=32", "train.max_steps=1", "data.val=", "model.tokenizer=wordpiece"))
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resuming_with_another_model_is_a_checkpoint_error(tmp_path):
+    from contrastive.checkpoint import CheckpointError
+
+    train(tiny_cfg(tmp_path, "train.batch_size=32", "train.max_steps=1", "data.val="))
+    with pytest.raises(CheckpointError, match="cannot resume from .*step_00000001: it does not fit") as e:
+        train(tiny_cfg(tmp_path, "train.batch_size=32", "train.max_steps=2", "data.val=", "train.resume=true",
+                       "model.embed_dim=64"))
+    assert "\n" not in str(e.value)

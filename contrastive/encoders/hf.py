@@ -127,6 +127,44 @@ class HFTower(nn.Module):
         self.eot_token_id = eot_token_id
         # (embed_dim, output_dim) projection found next to a dual encoder's tower; the model copies it when it fits
         self.pretrained_projection: torch.Tensor | None = None
+        self.frozen_unused = self._freeze_unused()
+
+    def _freeze_unused(self) -> list[str]:
+        """Freeze the parameters this pooling never uses (BERT's pooler under mean pooling, CLIP's post-layernorm
+        or SigLIP's attention head under cls/mean, DINOv2's mask token): DDP would otherwise wait for their
+        gradients forever. Found by one batch-of-one forward and backward, with the RNG state left as it was; they
+        stay in the weights, so exports load without missing keys. Returns their names."""
+        trainable = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        if not trainable:
+            return []
+        first = trainable[0][1]
+        cfg = self.model.config
+        was_training = self.training
+        try:
+            with torch.random.fork_rng(devices=[]):
+                self.eval()
+                if self.modality == "image":
+                    size = getattr(cfg, "image_size", 224)
+                    size = size if isinstance(size, int) else int(size[0])
+                    x: Any = torch.zeros(1, getattr(cfg, "num_channels", 3), size, size, dtype=first.dtype,
+                                         device=first.device)
+                else:
+                    ids = [1, 2, self.eot_token_id if self.eot_token_id is not None else 3]
+                    x = {"input_ids": torch.tensor([ids], device=first.device),
+                         "attention_mask": torch.ones(1, 3, dtype=torch.long, device=first.device)}
+                self(x).float().sum().backward()
+        except Exception:  # noqa: BLE001 - an input this probe cannot build: train everything, as asked
+            for _, p in trainable:
+                p.grad = None
+            return []
+        finally:
+            self.train(was_training)
+        unused = [n for n, p in trainable if p.grad is None]
+        for n, p in trainable:
+            if p.grad is None:
+                p.requires_grad_(False)
+            p.grad = None
+        return unused
 
     @property
     def output_dim(self) -> int:

@@ -127,7 +127,14 @@ class EvalConfig:
     tasks: list[str] = field(default_factory=lambda: ["retrieval"])  # retrieval and/or zeroshot
     batch_size: int = 256  # images per embedding batch
     zeroshot_class_key: str = ""  # column holding the class for zero-shot accuracy
-    best_metric: str = "text_retrieval_recall@1"  # metric that picks the best checkpoint (empty: none)
+    # metric that picks the best checkpoint; auto: text_retrieval_recall@1 with retrieval, else acc1; empty: none
+    best_metric: str = "auto"
+
+    def best_metric_name(self) -> str:
+        """The metric `best_metric` names, "auto" resolved ("" when no checkpoint is kept as best)."""
+        if self.best_metric == "auto":
+            return "text_retrieval_recall@1" if "retrieval" in self.tasks else "acc1"
+        return self.best_metric
 
 
 @dataclass
@@ -234,7 +241,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"finetune.{tower}: lr_scale must be >= 0 and unlocked_layers >= -1")
     if "zeroshot" in cfg.eval.tasks and not cfg.eval.zeroshot_class_key:
         raise ConfigError("eval.tasks has zeroshot but eval.zeroshot_class_key (the class column) is empty")
-    best = cfg.eval.best_metric
+    best = cfg.eval.best_metric_name()
     if best and not any(re.fullmatch(_BEST_METRICS[t], best) for t in cfg.eval.tasks):
         raise ConfigError(f"eval.best_metric={best!r} is not a higher-is-better metric of eval.tasks {cfg.eval.tasks} "
                           "(e.g. text_retrieval_recall@1, image_retrieval_recall@5, caption_ranking_acc1, acc1); "

@@ -456,7 +456,7 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
                 full = full_state_dicts(model, optimizer) if sharded else None
                 if info.is_main:
                     # only an evaluation of these very weights can make them the best
-                    metric = last_eval.get(f"val/{cfg.eval.best_metric}") if last_eval_step == progress.step else None
+                    metric = last_eval.get(f"val/{cfg.eval.best_metric_name()}") if last_eval_step == progress.step else None
                     if metric is not None and metric > progress.best_metric:
                         progress.best_metric = metric
                         progress.best_checkpoint = f"step_{progress.step:08d}"

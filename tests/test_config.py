@@ -65,10 +65,14 @@ def test_bad_values_rejected(override):
     (["eval.best_metric=text_retrieval_mean_rank"], False),  # lower is better: max would pick the worst
     (["eval.best_metric=acc1"], False),  # a zero-shot metric without the zero-shot task
     (["eval.tasks=[retrieval, zeroshot]", "eval.zeroshot_class_key=shape", "eval.best_metric=acc1"], True),
+    (["eval.tasks=[zeroshot]", "eval.zeroshot_class_key=shape"], True),  # auto: acc1
 ])
 def test_best_metric_must_be_one_the_evaluation_reports(overrides, ok):
     if ok:
-        load_config(None, overrides)
+        cfg = load_config(None, overrides)
+        assert cfg.eval.best_metric_name() in ("text_retrieval_recall@1", "acc1") or cfg.eval.best_metric != "auto"
+        if cfg.eval.tasks == ["zeroshot"]:
+            assert cfg.eval.best_metric_name() == "acc1"
     else:
         with pytest.raises(ConfigError, match="eval.best_metric"):
             load_config(None, overrides)

@@ -49,6 +49,7 @@ from .distributed import (
     sync_replicated_grads,
 )
 from .evaluate import autocast_context, eval_postfix, evaluate_records, record_labels
+from .encoders.hf import HFTower
 from .factory import create_model
 from .gradcache import gradcache_backward
 from .guards import NonFiniteGuard, check_inputs, save_or_report, step_if_finite
@@ -330,6 +331,10 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
     set_fused_qkv(model, t.fused_qkv)
     set_pooled_last_block(model, t.pooled_last_block)
     model.to(device)
+    if info.enabled:  # every rank waits for a gradient of every trainable parameter: freeze those never used
+        for tower in (m for m in model.modules() if isinstance(m, HFTower)):
+            if (unused := tower.freeze_unused()) and info.is_main:
+                print(f"{tower.source}: froze {len(unused)} parameters its pooling does not use ({unused[0]}, ...)")
     if t.fsdp and info.enabled:
         shard_model(model)  # before the optimizer: sharding replaces the parameters
 

@@ -122,6 +122,19 @@ def test_torchrun_fsdp_evaluates_every_rank_together(tmp_path):
     assert all(0.0 <= m["val/text_retrieval_recall@1"] <= 1.0 for m in evals)
 
 
+@pytest.mark.slow
+def test_torchrun_ddp_with_a_mean_pooled_bert_tower(tmp_path):
+    """BERT's pooler gets no gradient under mean pooling; DDP (no find_unused_parameters) would fail at step 2
+    unless training freezes it first."""
+    from tests.hf_models import save_tower
+
+    bert = save_tower("bert", tmp_path / "bert")
+    proc = run(torchrun(*train_cmd(tmp_path, f"model.text_encoder=hf:{bert}", f"model.tokenizer=hf:{bert}",
+                                   "model.text_encoder_args={pooling: mean}")))
+    assert "froze 2 parameters its pooling does not use" in proc.stdout
+    assert sorted(metrics(tmp_path / "run")) == [1, 2, 3]
+
+
 def test_fsdp_with_fp16_is_refused():
     from contrastive.config import ConfigError, load_config
 

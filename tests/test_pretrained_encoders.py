@@ -54,9 +54,14 @@ def test_hf_vision_towers_pool_as_specified(tower_dirs, kind, pooling):
 
 
 def assert_no_unused_trainable(tower):
-    """Every trainable parameter gets a gradient (DDP without find_unused_parameters fails otherwise); a pooler
-    the pooling skips is frozen instead."""
-    unused = [n for n, p in tower.named_parameters() if p.requires_grad and p.grad is None]
+    """After `freeze_unused` (as training under torchrun calls it), every trainable parameter gets a gradient
+    (DDP without find_unused_parameters fails otherwise); what the pooling skips is frozen instead."""
+    grads = {n: p.grad for n, p in tower.named_parameters()}
+    tower.zero_grad(set_to_none=True)
+    frozen = tower.freeze_unused()
+    assert sorted(frozen) == sorted(n for n, g in grads.items() if g is None)  # exactly what the real backward skipped
+    assert all(p.grad is None for p in tower.parameters())  # the probe leaves no gradients behind
+    unused = [n for n, p in tower.named_parameters() if p.requires_grad and grads[n] is None]
     assert not unused, unused
 
 
@@ -90,9 +95,10 @@ def test_auto_pooling_defaults(tower_dirs):
 
 def test_parameters_the_pooling_skips_are_frozen_but_kept(tower_dirs):
     bert = create_encoder(f"hf:{tower_dirs['bert']}", modality="text")  # mean pooling: BERT's pooler is unused
-    assert bert.frozen_unused == ["model.pooler.dense.weight", "model.pooler.dense.bias"]
+    assert bert.model.pooler.dense.weight.requires_grad  # nothing is frozen until training asks
+    assert bert.freeze_unused() == ["model.pooler.dense.weight", "model.pooler.dense.bias"]
     assert not bert.model.pooler.dense.weight.requires_grad and "model.pooler.dense.weight" in bert.state_dict()
-    assert create_encoder(f"hf:{tower_dirs['bert']}", modality="text", pooling="pooler").frozen_unused == []
+    assert create_encoder(f"hf:{tower_dirs['bert']}", modality="text", pooling="pooler").freeze_unused() == []
 
 
 def test_wrong_modality_and_missing_dir_are_config_errors(tower_dirs, tmp_path):

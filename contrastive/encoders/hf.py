@@ -127,13 +127,13 @@ class HFTower(nn.Module):
         self.eot_token_id = eot_token_id
         # (embed_dim, output_dim) projection found next to a dual encoder's tower; the model copies it when it fits
         self.pretrained_projection: torch.Tensor | None = None
-        self.frozen_unused = self._freeze_unused()
 
-    def _freeze_unused(self) -> list[str]:
-        """Freeze the parameters this pooling never uses (BERT's pooler under mean pooling, CLIP's post-layernorm
-        or SigLIP's attention head under cls/mean, DINOv2's mask token): DDP would otherwise wait for their
-        gradients forever. Found by one batch-of-one forward and backward, with the RNG state left as it was; they
-        stay in the weights, so exports load without missing keys. Returns their names."""
+    def freeze_unused(self) -> list[str]:
+        """Freeze the trainable parameters this pooling never uses (BERT's pooler under mean pooling, CLIP's
+        post-layernorm or SigLIP's attention head under cls/mean, DINOv2's mask token): DDP would otherwise wait for
+        their gradients forever. Found by one batch-of-one forward and backward, with the RNG state left as it was;
+        they stay in the weights, so exports load without missing keys. Returns their names. Training calls it
+        under torchrun only: a single process simply never updates them, and loading for inference pays nothing."""
         trainable = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
         if not trainable:
             return []

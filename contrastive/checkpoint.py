@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
+
+from .config import error_line
 from safetensors.torch import load_file, save_file
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.pt", "meta.json"
@@ -114,7 +116,7 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, state: dict[str, An
             shutil.rmtree(old, ignore_errors=True)
         atomic_write_text(directory.parent / "latest", directory.name + "\n")
     except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports write failures as RuntimeError
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        reason = error_line(e)[:200] or type(e).__name__
         raise CheckpointWriteError(f"could not write checkpoint {directory} ({reason})") from e
     finally:
         if tmp is not None:

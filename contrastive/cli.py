@@ -195,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[name][1](rest)
     except user_errors() as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        from .config import error_line
+
+        msg = error_line(e) or type(e).__name__
         print(f"contrastive {name}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # signals.Interrupted carries its message and 128 + signal number

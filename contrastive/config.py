@@ -24,6 +24,12 @@ class ConfigError(ValueError):
     """A user mistake in a config file or override (reported in one line, exit code 2)."""
 
 
+def error_line(e: BaseException) -> str:
+    """The first line of an error's message ("" when it has none): what one-line reports show of it."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
+
+
 @dataclass
 class ModelConfig:
     image_encoder: str = "vit_tiny"  # registry name (see `contrastive.list_encoders()`), or hf:/timm:/torchvision: spec

@@ -30,7 +30,7 @@ from .checkpoint import (
     remove_partial_checkpoints,
     save_checkpoint,
 )
-from .config import Config, ConfigError, config_to_dict, save_config
+from .config import Config, ConfigError, config_to_dict, error_line, save_config
 from .data import TrainData, build_transform, read_records
 from .data.prefetch import device_batches
 from .distributed import (
@@ -273,9 +273,9 @@ def _restore(ckpt: Path, model: ContrastiveModel, optimizer, scaler, progress: P
             optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
     except (RuntimeError, ValueError, KeyError) as e:  # another model, optimizer layout or precision
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot resume from {ckpt}: it does not fit this run's model, optimizer or "
-                              f"precision ({first}); resume with the config it was saved with") from None
+                              f"precision ({error_line(e) or type(e).__name__}); resume with the config it was "
+                              "saved with") from None
     set_rng_state(state["rng"])
     if train_data is not None and "data" in state:
         train_data.load_state_dict(state["data"])
@@ -390,8 +390,8 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
         except Exception as e:  # noqa: BLE001 - reported, and training is worth more than one evaluation
             if sharded:  # ranks evaluate together; one failing alone would leave the others waiting
                 raise
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            print(f"evaluation at step {progress.step} failed, training goes on: {type(e).__name__}: {first}", flush=True)
+            print(f"evaluation at step {progress.step} failed, training goes on: {type(e).__name__}: {error_line(e)}",
+                  flush=True)
             return {}
         return {f"val/{k}": v for k, v in metrics.items()}
 

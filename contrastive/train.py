@@ -380,6 +380,8 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
 
         bar = tqdm(total=total_steps, initial=progress.step, desc=run_dir.name, dynamic_ncols=True)
 
+    sharded = is_sharded(model)  # a sharded model evaluates and gathers its state on every rank
+
     def run_eval() -> dict[str, float]:
         """Validation metrics; a failing evaluation (a bad val image, out of memory) is reported in one line and
         the run goes on, so it never costs the training or the checkpoint that follows."""
@@ -399,7 +401,6 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
     window_steps, window_start = 0, time.perf_counter()
     last_eval: dict[str, float] = {}
     last_eval_step = -1
-    sharded = is_sharded(model)  # a sharded model evaluates and gathers its state on every rank
     guard = NonFiniteGuard(t.max_nan_steps, device, progress.nonfinite_steps, progress.nonfinite_streak)
     last_good = latest_checkpoint(run_dir / "checkpoints") if progress.step else None
     stopping = False

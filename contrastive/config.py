@@ -36,8 +36,10 @@ class ModelConfig:
     text_encoder: str = "text_tiny"  # registry name, or hf:<dir or id>
     embed_dim: int = 128  # width of the shared embedding space
     image_size: int = 64  # input resolution of the image tower
-    tokenizer: str = "byte"  # "byte" (offline byte-level), "bpe:<tokenizer.json>", or "hf:<dir or id>"
-    context_length: int = 64  # tokens per caption, including start/end tokens; longer captions are truncated
+    tokenizer: str = "auto"  # "auto" (a BPE learned from the training captions), "byte", "bpe:<tokenizer.json>", "hf:<dir or id>"
+    tokenizer_vocab_size: int = 8192  # tokenizer=auto: most tokens in the learned vocabulary (fewer when the captions hold fewer)
+    context_length: int = 0  # tokens per caption incl. start/end (longer ones are cut); 0 = fit to 99.9% of the training captions
+    patch_dropout: float = 0.0  # built-in ViTs: share of patch tokens dropped at random in training (FLIP); 0 = off
     init_logit_scale: float = math.log(1 / 0.07)  # log of the initial temperature scale
     init_logit_bias: float | None = None  # initial logit bias; None = no bias parameter (set for siglip)
     image_encoder_args: dict[str, Any] = field(default_factory=dict)  # overrides passed to the image encoder builder
@@ -199,12 +201,19 @@ def validate(cfg: Config) -> None:
         "train.batch_size": t.batch_size,
         "model.embed_dim": cfg.model.embed_dim,
         "model.image_size": cfg.model.image_size,
-        "model.context_length": cfg.model.context_length,
         "eval.batch_size": cfg.eval.batch_size,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be > 0, got {value}")
+    if cfg.model.context_length < 0 or cfg.model.context_length == 1:
+        raise ConfigError(f"model.context_length must be >= 2 (start and end tokens) or 0 (fit to the captions), "
+                          f"got {cfg.model.context_length}")
+    if cfg.model.tokenizer == "auto" and cfg.model.tokenizer_vocab_size < 259:
+        raise ConfigError(f"model.tokenizer_vocab_size must be >= 259 (256 bytes + 3 special tokens), got "
+                          f"{cfg.model.tokenizer_vocab_size}")
+    if not 0.0 <= cfg.model.patch_dropout < 1.0:
+        raise ConfigError(f"model.patch_dropout must be in [0, 1), got {cfg.model.patch_dropout}")
     if cfg.loss.chunk_size < 0:
         raise ConfigError(f"loss.chunk_size must be > 0 (or 0 for the plain loss), got {cfg.loss.chunk_size}")
     if t.micro_batch_size < 0 or t.micro_batch_size > t.batch_size:

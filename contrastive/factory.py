@@ -21,11 +21,18 @@ def create_model(cfg: ModelConfig, tokenizer=None) -> tuple[ContrastiveModel, Ca
     """Build (model, tokenizer) from a model config. Built-in text towers take their vocabulary and special tokens
     from the tokenizer."""
     if tokenizer is None:
+        if cfg.tokenizer == "auto" or cfg.context_length == 0:
+            raise ConfigError("model.tokenizer=auto and model.context_length=0 are learned from the training captions: "
+                              "build the tokenizer with contrastive.vocab.prepare_text(model_cfg, data_cfg) and pass it")
         tokenizer = build_tokenizer(cfg.tokenizer, cfg.context_length, cfg.trust_remote_code)
     image_args = dict(cfg.image_encoder_args)
     text_args = dict(cfg.text_encoder_args)
     if encoder_modality(cfg.image_encoder) == "image":
         image_args.setdefault("image_size", cfg.image_size)
+        if cfg.patch_dropout:
+            image_args.setdefault("patch_dropout", cfg.patch_dropout)
+    elif cfg.patch_dropout:
+        raise ConfigError(f"model.patch_dropout works with the built-in ViTs, not {cfg.image_encoder}")
     if encoder_modality(cfg.text_encoder) == "text":
         text_args.setdefault("vocab_size", tokenizer.vocab_size)
         text_args.setdefault("context_length", cfg.context_length)

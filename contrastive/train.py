@@ -295,6 +295,41 @@ def init_weights_from(model: ContrastiveModel, source: str) -> None:
         raise ConfigError(f"model.init_from={source}: weights do not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
+def _prepare_text(cfg: Config, info: DistInfo):
+    """(model config with its context resolved, tokenizer, caption report). A resumed run keeps the vocabulary and
+    context its checkpoint was trained with; under torchrun every rank takes the main process's vocabulary."""
+    from .checkpoint import read_meta
+    from .tokenizer import load_tokenizer_file
+    from .vocab import prepare_text
+
+    model_cfg, saved = cfg.model, None
+    ckpt = latest_checkpoint(resolve_run_dir(cfg) / "checkpoints") if cfg.train.resume else None
+    if ckpt is not None and (ckpt / "tokenizer.json").is_file():
+        saved = ckpt / "tokenizer.json"
+        if model_cfg.context_length == 0:
+            try:
+                model_cfg = dataclasses.replace(model_cfg, context_length=int(read_meta(ckpt)["config"]["model"]["context_length"]))
+            except (CheckpointError, KeyError, TypeError, ValueError):
+                pass
+    result = prepare_text(model_cfg, cfg.data, saved) if info.is_main or not info.enabled else None
+    if info.enabled:
+        shared = broadcast_object(None if result is None else (result[0], result[2], getattr(result[1], "tokenizer", None)
+                                                                and result[1].tokenizer.to_str()), info)
+        if result is None:
+            model_cfg, report, vocab = shared
+            if vocab:
+                import tempfile
+
+                with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+                    f.write(vocab)
+                tokenizer = load_tokenizer_file(f.name, model_cfg.context_length)
+                Path(f.name).unlink()
+            else:
+                _, tokenizer, _ = prepare_text(model_cfg, cfg.data)
+            result = (model_cfg, tokenizer, report)
+    return result
+
+
 def train(cfg: Config) -> Path:
     """Run training as configured; returns the run directory."""
     info = init_distributed("cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu")
@@ -316,9 +351,14 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
     # pretrained sources decide towers / preprocessing; the run saves the resolved config
     cfg = dataclasses.replace(cfg, model=resolve_model_config(cfg.model))
 
+    model_cfg, tokenizer, text_report = _prepare_text(cfg, info)
+    cfg = dataclasses.replace(cfg, model=model_cfg)
+    if info.is_main:
+        print(text_report.line(), flush=True)
+
     seed_everything(t.seed)
     try:
-        model, tokenizer = create_model(cfg.model)
+        model, tokenizer = create_model(cfg.model, tokenizer)
     except ValueError as e:  # a tower, pooling or tokenizer setting that does not fit: one line, not a traceback
         if isinstance(e, ConfigError):
             raise
@@ -482,6 +522,7 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
     if info.is_main:
         summary = {"steps": progress.step, **{k: round(v, 4) for k, v in last_eval.items()}}
         print(f"done: {run_dir} " + " ".join(f"{k}={v}" for k, v in summary.items()))
+        summary["text"] = dataclasses.asdict(text_report)
         data_summary = train_data.summary()
         print(f"data: bad samples skipped: {train_data.tracker.describe()} ({data_summary['bad_skips']} skips in "
               f"{data_summary['samples_loaded']} loads); captions truncated: {data_summary['truncated_captions']} of "

@@ -40,9 +40,13 @@ class VisionTransformer(nn.Module):
         heads: int = 12,
         mlp_ratio: float = 4.0,
         act: str = "gelu",
+        patch_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= patch_dropout < 1.0:
+            raise ValueError(f"patch_dropout must be in [0, 1), got {patch_dropout}")
         self.image_size, self.patch_size, self.width = image_size, patch_size, width
+        self.patch_dropout = patch_dropout
         self.num_layers, self.heads, self.mlp_ratio, self.act = layers, heads, mlp_ratio, act
         self.embeddings = VisionEmbeddings(image_size, patch_size, width)
         self.pre_layrnorm = nn.LayerNorm(width, eps=1e-5)  # transformers' (misspelt) name, kept for weight mapping
@@ -54,8 +58,19 @@ class VisionTransformer(nn.Module):
     def output_dim(self) -> int:
         return self.width
 
+    def keep_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """FLIP's patch dropout while training: (B, N + 1, C) -> (B, K + 1, C), the class token and a random
+        K = round((1 - patch_dropout) * N) of the patches (their position embeddings already added)."""
+        if not self.training or self.patch_dropout == 0.0:
+            return x
+        B, n = x.shape[0], x.shape[1] - 1
+        k = max(1, round((1.0 - self.patch_dropout) * n))
+        keep = torch.rand(B, n, device=x.device).argsort(dim=1)[:, :k] + 1  # (B, K) patch positions
+        keep = torch.cat([torch.zeros(B, 1, dtype=keep.dtype, device=x.device), keep], dim=1)  # (B, K + 1)
+        return x.gather(1, keep[..., None].expand(-1, -1, x.shape[2]))
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.pre_layrnorm(self.embeddings(pixels))  # (B, N + 1, C)
+        x = self.pre_layrnorm(self.keep_patches(self.embeddings(pixels)))  # (B, N + 1, C), or (B, K + 1, C)
         x = self.encoder(x, pool=0)  # (B, C): the class token's output
         return self.post_layernorm(x)  # (B, C)
 

@@ -6,11 +6,15 @@ import pytest
 import torch
 from torch import nn
 
+import contrastive
+from contrastive.checkpoint import load_state
 from contrastive.config import FinetuneConfig, OptimConfig, TowerTrainConfig, load_config
 from contrastive.encoders import create_encoder
 from contrastive.finetune import apply_finetune, finetune_param_groups, layer_ids, lr_scales
 from contrastive.model import ContrastiveModel
 from contrastive.optim import build_optimizer, param_groups
+from contrastive.train import train
+from tests.conftest import ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -50,6 +54,15 @@ def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+# softmax is invariant to a bias on the keys (it adds one constant per query row), so the true gradient of every
+# k_proj.bias is zero: what it gets is rounding noise, which Adam's normalisation turns into a full-size step
+KEY_BIAS = "self_attn.k_proj.bias"
+
+
+def optimizer_params(opt: torch.optim.Optimizer) -> list[int]:
+    return [id(p) for g in opt.param_groups for p in g["params"]]
+
+
 def test_locked_tower_is_bitwise_unchanged_and_the_rest_trains():
     model = tiny_model()
     cfg = FinetuneConfig(text=TowerTrainConfig(lock=True))
@@ -61,8 +74,26 @@ def test_locked_tower_is_bitwise_unchanged_and_the_rest_trains():
         assert torch.equal(v, text_before[k]), k
     assert not model.text_encoder.training  # locked towers run in eval mode even inside model.train()
     assert not torch.equal(model.text_projection.weight, proj_before)
-    changed = [k for k, v in model.image_encoder.state_dict().items() if not torch.equal(v, image_before[k])]
-    assert len(changed) == len(image_before)
+    # every image tensor with a true gradient moves (the key biases have none: see the next test)
+    unchanged = {k for k, v in model.image_encoder.state_dict().items() if torch.equal(v, image_before[k])}
+    assert unchanged <= {k for k in image_before if k.endswith(KEY_BIAS)}
+
+
+def test_key_biases_have_zero_gradient_up_to_rounding():
+    model = tiny_model()
+    model.train()
+    out = model(*batch(model))
+    (-(out.logits_per_image.log_softmax(-1).diagonal().mean())).backward()
+    key_biases = [(n, p) for n, p in model.named_parameters() if n.endswith(KEY_BIAS)]
+    assert len(key_biases) == 2 + 3  # one per block of either tower
+    for name, p in key_biases:
+        weight = model.get_parameter(name.removesuffix("bias") + "weight")
+        # float32 rounding (~1e-7 relative), far below the real gradient of the same layer's weight
+        assert p.grad.abs().max() <= 1e-5 * weight.grad.abs().max(), name
+    # the other biases of the same attention are not special
+    q_bias = model.get_parameter("image_encoder.encoder.layers.0.self_attn.q_proj.bias")
+    q_weight = model.get_parameter("image_encoder.encoder.layers.0.self_attn.q_proj.weight")
+    assert q_bias.grad.abs().max() > 1e-3 * q_weight.grad.abs().max()
 
 
 def test_unlocked_layers_freeze_everything_below_the_last_n_blocks():
@@ -77,13 +108,58 @@ def test_unlocked_layers_freeze_everything_below_the_last_n_blocks():
     before = snapshot(model.text_encoder)
     train_steps(model, cfg)
     for name, v in model.text_encoder.state_dict().items():
-        assert torch.equal(v, before[name]) == (name not in expected), name
+        if name not in expected:
+            assert torch.equal(v, before[name]), name
+        elif not name.endswith(KEY_BIAS):  # no true gradient, so moving or not is rounding noise
+            assert not torch.equal(v, before[name]), name
 
 
 def test_unlocked_layers_zero_keeps_only_the_head():
     model = tiny_model()
     apply_finetune(model, FinetuneConfig(image=TowerTrainConfig(unlocked_layers=0)))
     assert {n for n, p in model.image_encoder.named_parameters() if p.requires_grad} == {"post_layernorm.weight", "post_layernorm.bias"}
+
+
+FREEZING = {
+    "lock": FinetuneConfig(text=TowerTrainConfig(lock=True)),
+    "unlocked_layers": FinetuneConfig(image=TowerTrainConfig(unlocked_layers=0), text=TowerTrainConfig(unlocked_layers=1)),
+    "freeze_norms": FinetuneConfig(image=TowerTrainConfig(freeze_norms=True)),
+    # extra groups by lr scale must not bring frozen parameters back
+    "layer_decay": FinetuneConfig(layer_decay=0.5, image=TowerTrainConfig(lock=True, lr_scale=0.1),
+                                  text=TowerTrainConfig(unlocked_layers=2, lr_scale=0.5)),
+}
+
+
+@pytest.mark.parametrize("case", list(FREEZING))
+def test_frozen_parameters_are_not_in_the_optimizer(case):
+    # a frozen parameter inside AdamW would also stay bitwise unchanged (its grad is None): check membership
+    model = tiny_model()
+    cfg = FREEZING[case]
+    apply_finetune(model, cfg)
+    opt = build_optimizer(model, OptimConfig(fused=False), finetune_param_groups(model, OptimConfig(), cfg))
+    members = optimizer_params(opt)
+    frozen = {id(p): n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen  # the case freezes something
+    assert len(members) == len(set(members))  # no parameter in two groups
+    assert not [frozen[i] for i in members if i in frozen]
+    assert set(members) == {id(p) for p in model.parameters() if p.requires_grad}
+
+
+def test_train_gives_the_optimizer_only_trainable_parameters(tmp_path):
+    cfg = load_config(ROOT / "configs/shapes_tiny.yaml", [
+        "model.image_encoder_args={layers: 2}", "model.text_encoder_args={layers: 2}", "data.num_workers=0",
+        "train.progress_bar=false", "train.batch_size=16", "train.max_steps=1", "data.val=",
+        f"train.output_dir={tmp_path}", "train.run_name=run",
+        "finetune.text.lock=true", "finetune.image.unlocked_layers=1"])
+    run = train(cfg)
+    state = load_state(run / "checkpoints" / "step_00000001")["optimizer"]
+    model = contrastive.load(run)[0]
+    apply_finetune(model, cfg.finetune)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(trainable) < len(list(model.parameters()))
+    assert sum(len(g["params"]) for g in state["param_groups"]) == len(trainable)
+    # Adam moments exist for exactly the trainable elements, none for the frozen tower
+    assert sum(s["exp_avg"].numel() for s in state["state"].values()) == sum(p.numel() for p in trainable)
 
 
 def test_freeze_norms():

@@ -141,12 +141,14 @@ def plot_command(argv: list[str]) -> int:
 def export_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="contrastive export", description="Export to transformers' format.")
     parser.add_argument("--checkpoint", required=True, help="run directory, checkpoint directory or HF directory")
-    parser.add_argument("--output", required=True, help="directory to write (created if missing)")
+    parser.add_argument("--output", required=True, help="a new or empty directory outside any run")
     parser.add_argument("--no-verify", action="store_true", help="skip reloading with transformers and comparing")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --output, or write inside a run or checkpoint directory")
     args = parser.parse_args(argv)
     from .hf_export import export_hf, export_summary
 
-    diffs = export_hf(args.checkpoint, args.output, verify=not args.no_verify)
+    diffs = export_hf(args.checkpoint, args.output, verify=not args.no_verify, overwrite=args.overwrite)
     print(f"exported {args.checkpoint} -> {args.output}" + (f" (verified: {export_summary(diffs)})" if diffs else ""))
     return 0
 

@@ -152,24 +152,83 @@ def _features(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-def export_hf(checkpoint: str | Path, output: str | Path, verify: bool = True) -> dict[str, float]:
+def _holds_training_output(path: Path) -> bool:
+    """A checkpoint, a run directory or a run's `checkpoints/` folder: places an export must not write into."""
+    from .checkpoint import is_checkpoint, list_checkpoints
+
+    return is_checkpoint(path) or (path / "checkpoints").is_dir() or bool(list_checkpoints(path))
+
+
+def check_output(checkpoint: Path, output: Path, overwrite: bool = False) -> None:
+    """Refuse an output that would destroy the source, sits inside a run or checkpoint, or holds files (unless
+    `overwrite`); raises CheckpointError in one line. Runs before anything is loaded."""
+    from .factory import resolve_checkpoint
+
+    sources = {checkpoint.resolve()}
+    try:  # a run directory or a weights file names a checkpoint folder
+        sources.add(resolve_checkpoint(checkpoint).resolve())
+    except CheckpointError:
+        pass  # an HF directory, or nothing (the loader reports it)
+    target = output.resolve()
+    if any(target == s or target in s.parents for s in sources):
+        raise CheckpointError(f"--output {output} would replace the checkpoint being exported ({checkpoint}); "
+                              "choose a new folder")
+    if output.exists() and not output.is_dir():
+        raise CheckpointError(f"--output {output} is a file, not a folder")
+    if overwrite:
+        return
+    inside = next((p for p in (target, *target.parents) if p.is_dir() and _holds_training_output(p)), None)
+    if inside is not None:
+        raise CheckpointError(f"--output {output} is inside the run or checkpoint {inside}; choose a folder outside "
+                              "it, or pass --overwrite")
+    if output.is_dir() and any(output.iterdir()):
+        raise CheckpointError(f"--output {output} is not empty; choose a new folder, or pass --overwrite to replace it")
+
+
+def export_hf(checkpoint: str | Path, output: str | Path, verify: bool = True, overwrite: bool = False) -> dict[str, float]:
     """Write `checkpoint` (run dir, checkpoint dir or HF directory) as a transformers directory at `output`;
-    returns the verification differences (empty when `verify` is false)."""
-    from transformers import AutoModel, AutoProcessor
+    returns the verification differences (empty when `verify` is false).
+
+    `output` must be new or empty and outside any run or checkpoint unless `overwrite`; never the source itself.
+    The files are written and verified in a hidden sibling folder that is then renamed into place, so a failed
+    export leaves `output` as it was."""
+    import os
+    import shutil
+    import tempfile
 
     from .factory import load
 
     checkpoint, output = Path(checkpoint), Path(output)
+    check_output(checkpoint, output, overwrite)
     model, _, tokenizer = load(checkpoint)
     cfg = _model_config(checkpoint)
     hf_model, processor = to_transformers(model, tokenizer, cfg)
-    output.mkdir(parents=True, exist_ok=True)
-    hf_model.save_pretrained(str(output))
-    processor.save_pretrained(str(output))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
+    try:
+        diffs = _write_and_verify(model, tokenizer, hf_model, processor, cfg, tmp, verify)
+        old = None
+        if output.exists():  # moved aside, not deleted, until the new folder is in place
+            old = output.with_name(f".{output.name}.old-{os.getpid()}")
+            os.replace(output, old)
+        os.replace(tmp, output)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return diffs
+
+
+def _write_and_verify(model, tokenizer, hf_model, processor, cfg: ModelConfig, folder: Path,
+                      verify: bool) -> dict[str, float]:
+    from transformers import AutoModel, AutoProcessor
+
+    hf_model.save_pretrained(str(folder))
+    processor.save_pretrained(str(folder))
     if not verify:
         return {}
-    diffs = compare_embeddings(model, tokenizer, AutoModel.from_pretrained(str(output)).eval(),
-                               AutoProcessor.from_pretrained(str(output)), cfg.image_size)
+    diffs = compare_embeddings(model, tokenizer, AutoModel.from_pretrained(str(folder)).eval(),
+                               AutoProcessor.from_pretrained(str(folder)), cfg.image_size)
     if max(diffs["image"], diffs["text"]) > VERIFY_ATOL:
         raise CheckpointError(f"exported model disagrees with the toolkit's (max |diff| {diffs}); please report")
     return diffs

@@ -159,3 +159,50 @@ def test_cli_export(tmp_path, capsys):
 
     assert main(["export", "--checkpoint", str(tmp_path / "none"), "--output", str(tmp_path / "out2")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_export_refuses_outputs_that_would_destroy_data(tmp_path, capsys):
+    from contrastive.checkpoint import latest_checkpoint
+    from contrastive.cli import main
+
+    run = small_run(tmp_path)
+    ckpt = latest_checkpoint(run / "checkpoints")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    (tmp_path / "a_file").write_text("a file")
+    refused = {ckpt: "would replace the checkpoint", run: "would replace the checkpoint",
+               run / "checkpoints": "would replace the checkpoint", run / "export": "inside the run",
+               ckpt / "export": "inside the run", mine: "not empty", tmp_path / "a_file": "is a file"}
+    for output, expected in refused.items():
+        assert main(["export", "--checkpoint", str(run), "--output", str(output), "--no-verify"]) == 2, output
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (output, err)
+    # the checkpoint itself as the source, its own folder as the output, even with --overwrite
+    assert main(["export", "--checkpoint", str(ckpt), "--output", str(ckpt), "--overwrite"]) == 2
+    assert "would replace the checkpoint" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert (mine / "notes.txt").read_text() == "keep me" and not (run / "export").exists()
+    # --overwrite replaces the folder as a whole, through a hidden temporary sibling that does not stay
+    assert main(["export", "--checkpoint", str(run), "--output", str(mine), "--overwrite", "--no-verify"]) == 0
+    assert (mine / "config.json").is_file() and not (mine / "notes.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "mine", "run"]
+
+
+def test_failed_export_leaves_the_output_as_it_was(tmp_path, monkeypatch):
+    import contrastive.hf_export as hf_export
+
+    run = small_run(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old export")
+
+    def fail(*args, **kwargs):
+        raise CheckpointError("exported model disagrees")
+
+    monkeypatch.setattr(hf_export, "compare_embeddings", fail)
+    with pytest.raises(CheckpointError, match="disagrees"):
+        export_hf(run, out, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run"]

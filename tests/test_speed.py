@@ -2,6 +2,8 @@
 
 import copy
 import itertools
+import statistics
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -218,7 +220,8 @@ def test_measurements_are_consistent():
     times = B.run_alternating(contenders, batches, device, "fp32", rounds=2, steps_per_round=1)
     assert {k: len(v) for k, v in times.items()} == {"plain": 2, "default": 2}
     results = B.summarise(contenders, times, MICRO.batch_size, "plain")
-    assert results[0].speedup_vs_reference == 1.0 and results[1].samples_per_s > 0
+    assert results[0].speedup_vs_reference == 1.0
+    assert results[1].samples_per_s == MICRO.batch_size / statistics.median(times["default"])
     split = B.phase_split(contenders[1], batches, device, "fp32", steps=2)
     assert set(split) == {"data", "forward", "backward", "optimizer"} and all(v >= 0 for v in split.values())
     assert split["forward"] > 0 and split["backward"] > 0 and split["optimizer"] > 0
@@ -228,6 +231,19 @@ def test_measurements_are_consistent():
     assert "| default |" in B.markdown_table(results, "plain")
 
 
+def test_summary_speedup_is_reference_time_over_own_time():
+    # a contender twice as fast as the reference in each round reports 2.0x and twice the samples/s, not 0.5x
+    named = [SimpleNamespace(name=n) for n in ("ref", "fast", "slow")]
+    times = {"ref": [2.0, 4.0, 3.0], "fast": [1.0, 2.0, 1.5], "slow": [4.0, 8.0, 6.0]}
+    ref, fast, slow = B.summarise(named, times, 12, "ref")
+    assert (ref.speedup_vs_reference, fast.speedup_vs_reference, slow.speedup_vs_reference) == (1.0, 2.0, 0.5)
+    assert (ref.step_s, fast.step_s, slow.step_s) == (3.0, 1.5, 6.0)  # medians over rounds
+    assert fast.samples_per_s == 2 * ref.samples_per_s == 8.0
+    # the ratio is a median over rounds, not a ratio of medians: a round where both slowed down together cancels
+    ref2, noisy = B.summarise(named[:2], {"ref": [1.0, 1.0, 9.0], "fast": [0.5, 3.0, 4.5]}, 12, "ref")
+    assert noisy.speedup_vs_reference == 2.0 and ref2.step_s / noisy.step_s == 1 / 3
+
+
 def test_end_to_end_mode_steps_on_real_batches(repo_root):
     spec = B.dataclasses.replace(MICRO, vocab_size=259, context_length=16, batch_size=4)
     device = torch.device("cpu")
@@ -235,7 +251,15 @@ def test_end_to_end_mode_steps_on_real_batches(repo_root):
     batch = next(batches)
     assert batch["pixels"].shape == (4, 3, 16, 16) and batch["tokens"].shape == (4, 16)
     c = B.toolkit_contender("default", spec, device, "fp32", B.StepOptions())
-    times = B.run_end_to_end([c], batches, device, "fp32", rounds=1, steps_per_round=2)
-    assert times["default"][0] > 0
-    split = B.phase_split(c, batches, device, "fp32", steps=1)
-    assert split["data"] > 0  # decoding real images takes time that the synthetic mode does not have
+    before = {n: p.detach().clone() for n, p in c.model.named_parameters()}
+    fetched = []
+    counted = (fetched.append(b) or b for b in batches)
+    times = B.run_end_to_end([c], counted, device, "fp32", rounds=2, steps_per_round=2)
+    assert {k: len(v) for k, v in times.items()} == {"default": 2}
+    assert len(fetched) == 4  # each timed step fetched its own batch from the loader
+    assert len({b["pixels"].data_ptr() for b in fetched}) == 4 and not torch.equal(fetched[0]["pixels"], fetched[1]["pixels"])
+    assert not torch.equal(c.model.logit_scale, before["logit_scale"])  # and stepped on it
+    # decoding real images takes time that the synthetic mode (one batch repeated) does not have
+    real = B.phase_split(c, batches, device, "fp32", steps=2)
+    synthetic = B.phase_split(c, itertools.repeat(batch), device, "fp32", steps=2)
+    assert real["data"] > 10 * synthetic["data"], (real, synthetic)

@@ -35,17 +35,46 @@ VISION_POOLS = [(k, p) for k in VISION for p in ("pooler", "cls", "mean") if not
 TEXT_POOLS = [(k, p) for k in TEXT for p in ("pooler", "cls", "mean", "eot")]
 
 
+def reference_model(directory):
+    """The saved model loaded by transformers itself, apart from the tower under test."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(str(directory)).eval()
+
+
+def naive_pooler(kind: str, ref, h: torch.Tensor, first_eot: torch.Tensor | None = None) -> torch.Tensor:
+    """Each architecture's pooled output written out from its last hidden state `h` (B, T, C) or (B, C, H, W):
+    a reference for `pooling: pooler` that is not the model's own `pooler_output`."""
+    rows = torch.arange(h.shape[0])
+    ref = getattr(ref, "vision_model", ref)  # older transformers nest the vision towers one level down
+    if kind in ("vit", "bert", "roberta"):  # tanh(dense(first token))
+        return torch.tanh(ref.pooler.dense(h[:, 0]))
+    if kind == "dinov2":  # the class token (last_hidden_state is already normed)
+        return h[:, 0]
+    if kind == "clip":  # the class token after the post-layernorm (last_hidden_state is before it)
+        return ref.post_layernorm(h[:, 0])
+    if kind == "convnext":  # the final norm of the spatial mean
+        return ref.layernorm(h.mean(dim=(2, 3)))
+    if kind == "siglip":  # one learned probe attends over the (normed) tokens, then a residual MLP
+        head = ref.head
+        x = head.attention(head.probe.expand(h.shape[0], -1, -1), h, h, need_weights=False)[0]
+        return (x + head.mlp(head.layernorm(x)))[:, 0]
+    if kind == "clip_text":  # the first end-of-text token (last_hidden_state is after the final norm)
+        return h[rows, first_eot]
+    raise KeyError(kind)
+
+
 @pytest.mark.parametrize("kind,pooling", VISION_POOLS)
 def test_hf_vision_towers_pool_as_specified(tower_dirs, kind, pooling):
     tower = create_encoder(f"hf:{tower_dirs[kind]}", modality="image", pooling=pooling).eval()
     pixels = torch.randn(2, 3, 32, 32)
     y = tower(pixels)
     assert y.shape == (2, tower.output_dim) and torch.isfinite(y).all()
+    ref = reference_model(tower_dirs[kind])
     with torch.no_grad():
-        out = tower.model(pixel_values=pixels)
-    h = out.last_hidden_state
-    expected = {"pooler": out.pooler_output, "cls": h[:, 0] if h.ndim == 3 else None,
-                "mean": h.mean(dim=1) if h.ndim == 3 else h.mean(dim=(2, 3))}[pooling]
+        h = ref(pixel_values=pixels).last_hidden_state
+        expected = {"pooler": lambda: naive_pooler(kind, ref, h), "cls": lambda: h[:, 0],
+                    "mean": lambda: h.mean(dim=1) if h.ndim == 3 else h.mean(dim=(2, 3))}[pooling]()
     torch.testing.assert_close(y.detach(), expected)
     y.square().sum().backward()
     grads = [p.grad for p in tower.parameters() if p.grad is not None]
@@ -72,12 +101,15 @@ def test_hf_text_towers_pool_as_specified(tower_dirs, kind, pooling):
     batch = tok(["a red circle", "two small blue squares on the left"])
     y = tower(batch)
     assert y.shape == (2, tower.output_dim)
+    ref = reference_model(tower_dirs[kind])
     with torch.no_grad():
-        out = tower.model(**batch)
-    h, mask = out.last_hidden_state, batch["attention_mask"]
+        h = ref(**batch).last_hidden_state
+    mask = batch["attention_mask"]
     first_eot = (batch["input_ids"] == tok.eot_token_id).int().argmax(1)
+    with torch.no_grad():
+        pooler = naive_pooler(kind, ref, h, first_eot)
     expected = {
-        "pooler": out.pooler_output,
+        "pooler": pooler,
         "cls": h[:, 0],
         "mean": torch.stack([h[i, : int(mask[i].sum())].mean(0) for i in range(2)]),  # naive: loop over real tokens
         "eot": torch.stack([h[i, int(first_eot[i])] for i in range(2)]),

@@ -93,17 +93,65 @@ def resolve_run_dir(cfg: Config) -> Path:
 
 
 def prepare_run_dir(cfg: Config, run_dir: Path) -> None:
+    """Create the run directory. `train.overwrite=true` moves an earlier run aside (`.<name>.replaced`), never
+    deletes it here: it is removed once the new run has written its first checkpoint, and put back if the new run
+    fails before that (see `settle_replaced`)."""
     if run_dir.exists() and any(run_dir.iterdir()) and not (cfg.train.resume or cfg.train.overwrite):
         raise ConfigError(
             f"run directory {run_dir} already exists; pass train.resume=true to continue it, "
             "train.overwrite=true to replace it, or another train.run_name"
         )
     if run_dir.exists() and cfg.train.overwrite and not cfg.train.resume:
-        import shutil
-
-        shutil.rmtree(run_dir)
+        recover_replaced(run_dir)  # a leftover of a killed overwrite would block the move
+        aside = replaced_path(run_dir)
+        run_dir.replace(aside)
+        _REPLACED[run_dir] = aside
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
+
+
+# run directory -> the earlier run that train.overwrite=true moved aside, until the new run's first checkpoint
+_REPLACED: dict[Path, Path] = {}
+
+
+def replaced_path(run_dir: Path) -> Path:
+    return run_dir.with_name(f".{run_dir.name}.replaced")
+
+
+def settle_replaced(keep_new: bool, run_dir: Path | None = None) -> None:
+    """Delete the earlier run(s) moved aside by `prepare_run_dir` (`keep_new`), or put them back in place of the
+    new run that failed before its first checkpoint. `run_dir`: only that run's."""
+    import shutil
+
+    for new in [run_dir] if run_dir is not None else list(_REPLACED):
+        aside = _REPLACED.pop(new, None)
+        if aside is None:
+            continue
+        if keep_new:
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            shutil.rmtree(new, ignore_errors=True)
+            aside.replace(new)
+            print(f"kept the earlier run {new}: the run meant to replace it stopped before its first checkpoint",
+                  flush=True)
+
+
+def recover_replaced(run_dir: Path) -> None:
+    """After a process killed between moving an earlier run aside and the new run's first checkpoint: keep the new
+    run if it has a checkpoint, else put the earlier one back."""
+    import shutil
+
+    aside = replaced_path(run_dir)
+    if not aside.is_dir() or run_dir in _REPLACED:
+        return
+    if latest_checkpoint(run_dir / "checkpoints") is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    aside.replace(run_dir)
+    print(f"restored the earlier run {run_dir}: the run meant to replace it stopped before its first checkpoint",
+          flush=True)
 
 
 def seed_everything(seed: int) -> None:
@@ -256,6 +304,7 @@ def _checkpoint(run_dir: Path, model: nn.Module, optimizer, scaler, progress: Pr
     extra.update(checkpoint_files(unwrap(model), tokenizer))  # HF tower configs / tokenizer files, if any
     path = save_checkpoint(run_dir / "checkpoints" / f"step_{progress.step:08d}", weights, state, meta, extra)
     prune_checkpoints(run_dir / "checkpoints", cfg.train.keep_checkpoints, protect={progress.best_checkpoint})
+    settle_replaced(keep_new=True, run_dir=run_dir)  # the new run has a checkpoint: the one it replaces may go
     return path
 
 
@@ -333,11 +382,18 @@ def _prepare_text(cfg: Config, info: DistInfo):
 def train(cfg: Config) -> Path:
     """Run training as configured; returns the run directory."""
     info = init_distributed("cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu")
+    if info.is_main and cfg.train.run_name:
+        recover_replaced(resolve_run_dir(cfg))
     try:
         with GracefulStop() as stop:  # SIGINT/SIGTERM: finish the step, save, raise Interrupted
-            return _train(cfg, info, stop)
+            run_dir = _train(cfg, info, stop)
+    except BaseException:
+        settle_replaced(keep_new=False)
+        raise
     finally:
         cleanup(info)
+    settle_replaced(keep_new=True)
+    return run_dir
 
 
 def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:

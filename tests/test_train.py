@@ -156,3 +156,66 @@ def test_resuming_with_another_model_is_a_checkpoint_error(tmp_path):
         train(tiny_cfg(tmp_path, "train.batch_size=32", "train.max_steps=2", "data.val=", "train.resume=true",
                        "model.embed_dim=64"))
     assert "\n" not in str(e.value)
+
+
+def fake_earlier_run(run_dir):
+    """A run directory with one (fake) checkpoint and a file of the user's; returns its files' bytes."""
+    ckpt = run_dir / "checkpoints" / "step_00000005"
+    ckpt.mkdir(parents=True)
+    (ckpt / "model.safetensors").write_bytes(b"weights of the earlier run")
+    (ckpt / "meta.json").write_text('{"step": 5}')
+    (run_dir / "checkpoints" / "latest").write_text("step_00000005\n")
+    (run_dir / "notes.txt").write_text("an earlier run")
+    return {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+
+def test_overwrite_keeps_the_earlier_run_until_the_new_one_has_a_checkpoint(tmp_path, capsys, monkeypatch):
+    from contrastive.cli import main
+
+    before = fake_earlier_run(tmp_path / "run")
+    image = ROOT / "data/shapes/images/train/00000.jpg"
+    table = tmp_path / "table.csv"
+    table.write_text(f"image,caption\n{image},a large yellow heart on the right\nnowhere.jpg,a missing image\n")
+    argv = ["train", "--config", str(ROOT / "configs/shapes_tiny.yaml"), *FAST, "model.tokenizer=byte",
+            "model.context_length=64", f"data.train={table}", "data.val=", "train.batch_size=2", "train.max_steps=1",
+            f"train.output_dir={tmp_path}", "train.run_name=run", "train.overwrite=true"]
+    # fails at the first batch, after the run directory was made: the earlier run comes back as it was
+    assert main([*argv, "data.on_bad_sample=error"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad sample" in err[0]
+    assert {p.relative_to(tmp_path / "run"): p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+    # also when the failure is an internal error (a traceback)
+    import contrastive.train as train_module
+
+    def broken_step(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "train_step", broken_step)
+        with pytest.raises(RuntimeError, match="boom"):
+            main(argv)
+    assert (tmp_path / "run" / "notes.txt").read_text() == "an earlier run"
+    # a run that writes its checkpoint replaces the earlier one for good, and leaves no hidden copy behind
+    assert main(argv) == 0
+    assert not (tmp_path / "run" / "notes.txt").exists()
+    assert (tmp_path / "run" / "checkpoints" / "step_00000001" / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "table.csv"]
+
+
+def test_a_killed_overwrite_is_recovered_at_the_next_start(tmp_path):
+    from contrastive.train import recover_replaced, replaced_path
+
+    run = tmp_path / "run"
+    # killed before the new run's first checkpoint: the earlier run is put back
+    before = fake_earlier_run(replaced_path(run))
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("the new run's config")
+    with pytest.raises(contrastive.ConfigError, match="already exists"):
+        train(tiny_cfg(tmp_path, "train.batch_size=32", "train.max_steps=1", "data.val=", "model.tokenizer=byte",
+                       "model.context_length=128"))
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert not replaced_path(run).exists()
+    # killed after it (before the earlier run was deleted): the new run stays, the hidden copy goes
+    fake_earlier_run(replaced_path(run))
+    recover_replaced(run)
+    assert not replaced_path(run).exists() and (run / "notes.txt").is_file()

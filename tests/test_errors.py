@@ -94,3 +94,61 @@ def test_existing_run_dir_exits_2(tmp_path):
     rc, err = train_cli(tmp_path)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "already exists" in err and "train.resume=true" in err
     assert (tmp_path / "run" / "notes.txt").read_text() == "an earlier run"
+
+
+BAD_ENCODER_ARGS = [
+    ("model.image_encoder_args={depth: 2}", "takes no argument 'depth'"),
+    ("model.text_encoder_args={patch_size: 8}", "takes no argument 'patch_size'"),
+    ("model.text_encoder_args={layers: two}", "layers expects int, got 'two'"),
+    ("model.image_encoder_args={width: 1.5}", "width expects int"),
+    ("model.image_encoder_args={act: [gelu]}", "act expects str"),
+    ("model.image_encoder_args={layers: true}", "layers expects int"),
+    ("model.image_encoder_args={patch_size: 0}", "patch_size must be > 0"),
+    ("model.text_encoder_args={heads: -2}", "heads must be > 0"),
+    ("model.image_encoder_args={mlp_ratio: 0}", "mlp_ratio must be > 0"),
+    ("model.text_encoder_args={pad_token_id: -1}", "pad_token_id must be >= 0"),
+    ("model.image_encoder_args={patch_dropout: 1.5}", "patch_dropout must be in [0, 1)"),
+    ("model.image_encoder_args={heads: 5}", "not divisible by heads 5"),
+    ("model.image_encoder_args={patch_size: 7}", "not divisible by patch_size 7"),
+    ("model.text_encoder_args={act: relu}", "act 'relu' is not one of"),
+    ("model.text_encoder_args={mlp_ratio: 0.001}", "raise mlp_ratio"),
+    ("model.text_encoder_args={context_length: 8}", "below model.context_length=64"),
+]
+
+
+@pytest.mark.parametrize("override,expected", BAD_ENCODER_ARGS)
+def test_encoder_args_that_cannot_build_exit_2_before_anything_runs(tmp_path, monkeypatch, override, expected):
+    import contrastive.train as train_module
+
+    def unreachable(*args, **kwargs):
+        raise AssertionError("the captions were read before the encoder arguments were checked")
+
+    monkeypatch.setattr(train_module, "_prepare_text", unreachable)
+    rc, err = train_cli(tmp_path, "model.tokenizer=byte", "model.context_length=64", override)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("contrastive train: error: model.") and expected in lines[0], lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_encoder_args_are_checked_by_create_encoder_too():
+    from contrastive.encoders import create_encoder
+
+    with pytest.raises(ValueError, match="takes no argument 'depth'; did you mean"):
+        create_encoder("vit_tiny", depth=2)
+    with pytest.raises(ValueError, match="layers must be > 0"):
+        create_encoder("text_tiny", layers=0)
+    assert create_encoder("vit_tiny", layers=1, mlp_ratio=2).num_layers == 1  # an int where a float is annotated
+
+
+@pytest.mark.slow  # a subprocess importing torch
+def test_bad_encoder_args_through_the_real_cli(tmp_path):
+    import subprocess
+
+    from tests.conftest import PYTHON, subprocess_env
+
+    out = subprocess.run([PYTHON, "-m", "contrastive", "train", "--config", CONFIG, f"train.output_dir={tmp_path}",
+                          "train.run_name=run", "model.image_encoder_args={depth: 2}"],
+                         env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "'depth'" in out.stderr, out.stderr
+    assert not (tmp_path / "run").exists()

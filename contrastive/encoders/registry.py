@@ -6,7 +6,11 @@ source factory that builds (or loads) an external model.
 
 from __future__ import annotations
 
-from typing import Callable
+import inspect
+import math
+import types
+import typing
+from typing import Any, Callable
 
 from torch import nn
 
@@ -49,4 +53,101 @@ def create_encoder(name: str, *, modality: str | None = None, **overrides) -> nn
     kind, builder = _BUILDERS[name]
     if modality is not None and modality != kind:
         raise KeyError(f"encoder '{name}' is a {kind} encoder, not a {modality} encoder")
+    check_encoder_args(name, overrides)
     return builder(**overrides)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# checking arguments before anything is built
+
+
+def _parameters(name: str) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
+    """(named parameters, their type hints, whether other names are accepted too) of what builds `name`.
+
+    A preset builder that only forwards `**overrides` is followed to the class it returns (its return annotation);
+    a source factory's first parameter (the spec) and `modality` are the registry's, not the user's."""
+    if ":" in name:
+        target: Callable = _SOURCES[name.split(":", 1)[0]]
+        skip = 1
+    else:
+        target, skip = _BUILDERS[name][1], 0
+        params = inspect.signature(target).parameters.values()
+        if all(p.kind is p.VAR_KEYWORD for p in params):
+            returned = _hints(target).get("return")
+            if inspect.isclass(returned):
+                target = returned
+    params = list(inspect.signature(target).parameters.values())[skip:]
+    named = {p.name: p for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "modality"}
+    hints = _hints(target.__init__ if inspect.isclass(target) else target)
+    return named, hints, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _hints(fn: Callable) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - an annotation that does not resolve is simply not checked
+        return {}
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether a YAML value can stand for an argument annotated `tp` (unknown annotations accept anything)."""
+    if tp is Any or tp is inspect.Parameter.empty:
+        return True
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_fits(value, t) for t in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    origin = typing.get_origin(tp) or tp
+    return isinstance(value, origin) if inspect.isclass(origin) else True
+
+
+def _out_of_range(key: str, value: Any) -> str:
+    """Why a numeric tower argument is out of range ("" when it is not). Sizes, counts and ratios must be > 0,
+    token ids >= 0, dropout rates in [0, 1)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return ""
+    if "dropout" in key:
+        return "" if 0 <= value < 1 else "must be in [0, 1)"
+    if key.endswith("_id"):
+        return "" if value >= 0 else "must be >= 0"
+    return "" if value > 0 else "must be > 0"
+
+
+def check_encoder_args(name: str, args: dict[str, Any], build: bool = False) -> None:
+    """Raise ValueError (one line, naming the argument) when `args` cannot build encoder `name`: a name its builder
+    does not take, a value of the wrong type, or a size out of range. Sources (`hf:`, `timm:`, ...) are checked on
+    the parameters their factory names. `build`: also build a built-in encoder on the meta device (no memory, no
+    weights), which catches combinations such as a width that the heads do not divide."""
+    if ":" in name and name.split(":", 1)[0] not in _SOURCES or ":" not in name and name not in _BUILDERS:
+        return  # create_encoder reports the unknown name
+    named, hints, open_ = _parameters(name)
+    for key, value in args.items():
+        if key not in named:
+            if open_:
+                continue
+            import difflib
+
+            close = difflib.get_close_matches(str(key), list(named), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"'{name}' takes no argument '{key}'{hint} (it takes: {', '.join(named)})")
+        tp = hints.get(key, named[key].annotation)
+        if not _fits(value, tp):
+            tname = getattr(tp, "__name__", str(tp).replace("typing.", ""))
+            raise ValueError(f"'{name}' argument {key} expects {tname}, got {value!r}")
+        if reason := _out_of_range(key, value):
+            raise ValueError(f"'{name}' argument {key} {reason}, got {value!r}")
+    if build and ":" not in name:
+        import torch
+
+        try:
+            with torch.device("meta"):
+                _BUILDERS[name][1](**args)
+        except (ValueError, TypeError, RuntimeError) as e:
+            text = str(e).strip()
+            raise ValueError(f"'{name}': {text.splitlines()[0] if text else type(e).__name__}") from None

@@ -68,9 +68,16 @@ class Attention(nn.Module):
         return self.out_proj(y.reshape(B, C))
 
 
+ACTIVATIONS = ("gelu", "quick_gelu")  # quick_gelu: x * sigmoid(1.702 x), as in OpenAI's CLIP
+
+
 class MLP(nn.Module):
     def __init__(self, width: int, hidden: int, act: str = "gelu") -> None:
         super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"act '{act}' is not one of {', '.join(ACTIVATIONS)}")
+        if hidden < 1:
+            raise ValueError(f"the MLP of width {width} gets {hidden} hidden units; raise mlp_ratio")
         self.fc1 = nn.Linear(width, hidden)
         self.fc2 = nn.Linear(hidden, width)
         self.act = act

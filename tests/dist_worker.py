@@ -25,6 +25,7 @@ from contrastive.distributed import (
 )
 from contrastive.factory import create_model
 from contrastive.gradcache import gradcache_backward
+from tests.grads import ZERO_GRADIENT, ZERO_GRADIENT_CLIP, assert_grads_close
 
 TINY = {"layers": 1, "width": 32, "heads": 2}
 
@@ -38,20 +39,13 @@ def full_grads(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def check_grads(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], what: str) -> None:
-    assert set(got) == set(ref), what
-    scale = max(g.abs().max() for g in ref.values()).item()
-    for k in ref:
-        torch.testing.assert_close(got[k], ref[k], rtol=1e-5, atol=1e-5 * scale, msg=lambda m: f"{what} {k}: {m}")
-
-
 def main() -> int:
     torch.set_num_threads(1)
     info = init_distributed("cpu")
     assert info.world_size == 2, "run with --nproc_per_node=2"
     torch.manual_seed(0)
     cfg = ModelConfig(image_encoder_args=TINY, text_encoder_args=TINY, embed_dim=16, image_size=16,
-                      context_length=12, init_logit_bias=-10.0)
+                      context_length=12, init_logit_bias=-10.0, tokenizer="byte")
     base = create_model(cfg)[0]
     big, b = 8, 8 // info.world_size
     pixels = torch.randn(big, 3, 16, 16)  # (B, 3, H, W)
@@ -91,7 +85,7 @@ def main() -> int:
                         torch.testing.assert_close(all_reduce_mean(loss.detach(), info), ref_loss.detach(),
                                                    rtol=1e-5, atol=1e-6, msg=lambda m: f"{what} loss: {m}")
                         got = full_grads(wrapper.module if kind == "ddp" else wrapper)
-                        check_grads(got, ref, what)
+                        assert_grads_close(got, ref, what=what, zero=ZERO_GRADIENT_CLIP if name == "clip" else ZERO_GRADIENT)
                         checks += 1
     if info.is_main:
         print(f"checks passed: {checks}")

@@ -429,3 +429,41 @@ def test_loader_batches_are_trimmed(tmp_path):
         data = TrainData(data_cfg, model_cfg, build_tokenizer("byte", 64), 4, seed=0)
         shapes[trim] = [tuple(b["tokens"].shape) for b in data.batches(0, 0)]
     assert shapes == {True: [(4, 16), (4, 16)], False: [(4, 64), (4, 64)]}
+
+
+def collate_captions(captions, tokenizer, trim=True):
+    from contrastive.data.loader import Collate, Sample
+
+    samples = [Sample(torch.zeros(3, 4, 4), c, f"img{i}.png") for i, c in enumerate(captions)]
+    return Collate(tokenizer, trim)(samples)
+
+
+def test_duplicate_text_ids_follow_the_tokens_the_model_sees():
+    # the tokenizer lowercases and collapses whitespace, so these reach the text tower as the same tokens: the
+    # duplicate-aware loss must not push them apart as negatives
+    tok = build_tokenizer("byte", 16)
+    captions = ["a red circle", "A Red  Circle", " a red\tcircle ", "a red square",
+                "a red circle seen from far away", "a red circle seen from close by"]  # differ after the cut at 16
+    batch = collate_captions(captions, tok)
+    ids = batch["text_ids"].tolist()
+    assert ids[0] == ids[1] == ids[2]
+    assert ids[3] != ids[0]
+    assert ids[4] == ids[5] != ids[0]  # truncated to the same 16 tokens
+    assert torch.equal(batch["tokens"][4], batch["tokens"][5])
+    assert len(set(batch["image_ids"].tolist())) == 6  # images keep their own ids
+    # a caption's id does not depend on how far its batch was trimmed (ranks trim their own batches)
+    wide = build_tokenizer("byte", 64)
+    batches = [collate_captions(["a red circle", "x"], wide), collate_captions(["a red circle", "y" * 30], wide),
+               collate_captions(["a red circle"], wide, trim=False)]
+    assert [b["tokens"].shape[1] for b in batches] == [16, 32, 64]
+    assert len({b["text_ids"][0].item() for b in batches}) == 1
+
+
+def test_duplicate_text_ids_of_token_dicts_ignore_masked_padding():
+    from contrastive.data.loader import text_content_ids
+
+    ids = torch.tensor([[5, 6, 7, 0, 0], [5, 6, 7, 9, 0], [0, 5, 6, 7, 0]])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [0, 1, 1, 1, 0]])  # the last one padded on both sides
+    got = text_content_ids({"input_ids": ids, "attention_mask": mask}, None).tolist()
+    assert got[0] == got[2] != got[1]
+    assert text_content_ids(ids[:, :4], 0).tolist()[0] == text_content_ids(ids, 0).tolist()[0]

@@ -162,6 +162,23 @@ def trim_padding(tokens: torch.Tensor | dict, pad_token_id: int | None, multiple
     return tokens if keep == tokens.shape[1] else tokens[:, :keep].contiguous()
 
 
+def text_content_ids(tokens: torch.Tensor | dict, pad_token_id: int | None) -> torch.Tensor:
+    """(B,) ids equal for captions that reach the text tower as the same tokens, on every process: what the
+    tokenizer normalises away (case, whitespace) or truncation cuts off does not make two captions differ, since the
+    model could not tell them apart. Padding is left out, so batches trimmed to other widths agree."""
+    if isinstance(tokens, dict):
+        ids, mask = tokens["input_ids"], tokens.get("attention_mask")  # (B, T)
+        rows = list(ids) if mask is None else [r[m.bool()] for r, m in zip(ids, mask)]
+    elif pad_token_id is None:
+        rows = list(tokens)
+    else:
+        # each row up to one past its last non-pad token
+        real = tokens != pad_token_id  # (B, T)
+        lengths = torch.where(real.any(1), tokens.shape[1] - real.flip(1).int().argmax(1), 0)
+        rows = [r[:n] for r, n in zip(tokens, lengths.tolist())]
+    return torch.tensor([stable_id(" ".join(map(str, r.tolist()))) for r in rows], dtype=torch.long)
+
+
 class Collate:
     """Stacks pixels, tokenizes captions (in the worker), trims the padding all captions share (`trim_padding`),
     derives content ids for duplicate-aware targets, and carries the skipped samples and truncation counts to the
@@ -179,13 +196,14 @@ class Collate:
         captions = [s.caption for s in good]
         truncated_before = getattr(self.tokenizer, "num_truncated", 0)
         tokens = self.tokenizer(captions)
+        pad_token_id = getattr(self.tokenizer, "pad_token_id", None)
         if self.trim:
-            tokens = trim_padding(tokens, getattr(self.tokenizer, "pad_token_id", None))
+            tokens = trim_padding(tokens, pad_token_id)
         return {
             "pixels": torch.stack([s.pixels for s in good]),  # (B, 3, S, S)
             "tokens": tokens,  # (B, T) or dict of (B, T)
             "image_ids": torch.tensor([stable_id(s.image_id) for s in good], dtype=torch.long),  # (B,)
-            "text_ids": torch.tensor([stable_id(c) for c in captions], dtype=torch.long),  # (B,)
+            "text_ids": text_content_ids(tokens, pad_token_id),  # (B,)
             "captions": captions,
             "bad": bad,
             "loads": len(good) + len(bad),

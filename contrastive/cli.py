@@ -20,6 +20,41 @@ def command(name: str, help: str):
     return wrap
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (`contrastive <command>: error: ...`, exit code 2), not the usage
+    block followed by the error."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= `low`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expects an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def device_option(spec: str) -> str:
+    """A --device value checked (one line on a bad one); `auto` becomes cuda when a GPU is visible, else cpu."""
+    import torch
+
+    from .guards import parse_device
+
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(parse_device(spec, "--device"))
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError
     from .config import ConfigError
@@ -31,7 +66,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 @command("train", "train a model from a YAML config with key.sub=value overrides")
 def train_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="contrastive train", description="Train from a config file.")
+    parser = Parser(prog="contrastive train", description="Train from a config file.")
     parser.add_argument("--config", "-c", default=None, help="YAML config (defaults when omitted)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=5e-4 train.max_steps=200")
     args = parser.parse_args(argv)
@@ -45,7 +80,7 @@ def train_command(argv: list[str]) -> int:
 
 @command("config", "print the resolved config (YAML) after overrides")
 def config_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="contrastive config")
+    parser = Parser(prog="contrastive config")
     parser.add_argument("--config", "-c", default=None)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
@@ -59,7 +94,7 @@ def config_command(argv: list[str]) -> int:
 
 @command("rank", "rank candidate captions for images by the model's probabilities")
 def rank_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="contrastive rank", description="Zero-shot caption ranking.")
+    parser = Parser(prog="contrastive rank", description="Zero-shot caption ranking.")
     parser.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
     parser.add_argument("--image", nargs="+", required=True, help="image file(s)")
     group = parser.add_mutually_exclusive_group(required=True)
@@ -67,9 +102,10 @@ def rank_command(argv: list[str]) -> int:
     group.add_argument("--captions-file", help="candidate captions, one per line")
     parser.add_argument("--json", action="store_true", help="print JSON: per image, the ranked captions")
     parser.add_argument("--plot", default=None, help="write an image x caption probability heatmap (PNG)")
-    parser.add_argument("--top-k", type=int, default=None, help="show only the K most probable captions")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--top-k", type=int_at_least(1), default=None, help="show only the K most probable captions")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
+    args.device = device_option(args.device)
     import json
 
     from .evaluate import read_lines
@@ -77,8 +113,6 @@ def rank_command(argv: list[str]) -> int:
     from .rank import format_rankings, rankings_from_scores, rankings_to_json, score_captions
 
     captions = args.captions if args.captions else read_lines(args.captions_file)
-    if args.top_k is not None and args.top_k < 1:
-        parser.error("--top-k must be >= 1")
     model, preprocess, tokenizer = load(args.checkpoint, device=args.device)
     scores = score_captions(model, preprocess, tokenizer, args.image, captions, device=args.device)
     rankings = rankings_from_scores(args.image, captions, scores, args.top_k)
@@ -93,7 +127,7 @@ def rank_command(argv: list[str]) -> int:
 
 @command("eval", "zero-shot classification or retrieval metrics of a checkpoint (CLIP_benchmark-style JSON)")
 def eval_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="contrastive eval", description="Evaluate a checkpoint on a table.")
+    parser = Parser(prog="contrastive eval", description="Evaluate a checkpoint on a table.")
     parser.add_argument("--task", required=True, choices=["zeroshot", "retrieval"])
     parser.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
     parser.add_argument("--data", required=True, help="CSV/TSV/JSONL table with image paths relative to it")
@@ -103,10 +137,11 @@ def eval_command(argv: list[str]) -> int:
     parser.add_argument("--image-key", default="image")
     parser.add_argument("--caption-key", default="", help="retrieval: caption column (default: captions in JSONL, else caption)")
     parser.add_argument("--output", default=None, help="also write the result JSON here")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=256, help="images or texts per forward pass")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     args = parser.parse_args(argv)
+    args.device = device_option(args.device)
     import json
     from pathlib import Path
 
@@ -126,7 +161,7 @@ def eval_command(argv: list[str]) -> int:
 
 @command("plot", "write PNGs of loss, temperature, lr and eval metrics of a run directory")
 def plot_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="contrastive plot", description="Plot a run's metrics.jsonl.")
+    parser = Parser(prog="contrastive plot", description="Plot a run's metrics.jsonl.")
     parser.add_argument("run_dir")
     parser.add_argument("--output", default=None, help="folder for the PNGs (default: RUN_DIR/plots)")
     args = parser.parse_args(argv)
@@ -139,7 +174,7 @@ def plot_command(argv: list[str]) -> int:
 
 @command("export", "write a checkpoint as a transformers directory (CLIPModel or VisionTextDualEncoderModel)")
 def export_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="contrastive export", description="Export to transformers' format.")
+    parser = Parser(prog="contrastive export", description="Export to transformers' format.")
     parser.add_argument("--checkpoint", required=True, help="run directory, checkpoint directory or HF directory")
     parser.add_argument("--output", required=True, help="a new or empty directory outside any run")
     parser.add_argument("--no-verify", action="store_true", help="skip reloading with transformers and comparing")
@@ -155,23 +190,21 @@ def export_command(argv: list[str]) -> int:
 
 @command("tokenizer", "train a BPE tokenizer on captions: tokenizer train --data FILE --vocab-size N --output DIR")
 def tokenizer_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="contrastive tokenizer", description="Train a byte-level BPE tokenizer.")
+    parser = Parser(prog="contrastive tokenizer", description="Train a byte-level BPE tokenizer.")
     sub = parser.add_subparsers(dest="action", required=True)
     tr = sub.add_parser("train", help="train on the captions of a CSV/TSV/JSONL table or a text file (one per line)")
     tr.add_argument("--data", required=True, help="captions: a table (see --caption-key) or a .txt file")
-    tr.add_argument("--vocab-size", type=int, required=True, help="tokens in the vocabulary, special tokens included")
+    tr.add_argument("--vocab-size", type=int_at_least(259), required=True,
+                    help="tokens in the vocabulary, 256 bytes and 3 special tokens included (>= 259)")
     tr.add_argument("--output", required=True, help="directory for tokenizer.json")
     tr.add_argument("--caption-key", default="caption", help="caption column of a table")
-    tr.add_argument("--min-frequency", type=int, default=2, help="least count of a pair to be merged")
+    tr.add_argument("--min-frequency", type=int_at_least(1), default=2, help="least count of a pair to be merged")
     args = parser.parse_args(argv)
     from pathlib import Path
 
-    from .data import DataError
     from .data.sources import iter_captions
     from .tokenizer import train_bpe
 
-    if args.vocab_size < 259:
-        raise DataError(f"--vocab-size {args.vocab_size} is below the 256 bytes + 3 special tokens")
     tok = train_bpe(iter_captions(args.data, args.caption_key), args.vocab_size, args.min_frequency)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -202,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = error_line(e) or type(e).__name__
         print(f"contrastive {name}: error: {msg}", file=sys.stderr)
         return 2
+    except SystemExit as e:  # argparse: --help (0) or a usage mistake, already reported in one line (2)
+        return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
     except KeyboardInterrupt as e:  # signals.Interrupted carries its message and 128 + signal number
         print(f"contrastive {name}: {str(e) or 'interrupted'}", file=sys.stderr)
         return getattr(e, "exit_code", 130)

@@ -92,6 +92,25 @@ def save_or_report(write: Callable[[], Path], step: int, checkpoint_dir: Path, o
         return None
 
 
+def parse_device(spec: str, key: str = "train.device") -> torch.device:
+    """`cpu`, `cuda` or `cuda:N` (a GPU that exists) as a torch.device; anything else is a ConfigError naming `key`.
+    (`auto` is resolved by the caller.)"""
+    from .config import ConfigError
+
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index not in (None, 0)):
+        raise ConfigError(f"{key}={spec!r} is not a device; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key}={spec} asks for CUDA but no GPU is visible")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"{key}={spec}: there is no GPU {device.index} ({torch.cuda.device_count()} visible)")
+    return device
+
+
 _TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".jsonl", ".json")
 
 

@@ -35,12 +35,36 @@ def _figure(width: float, height: float):
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The rows of `<run_dir>/metrics.jsonl`. A line cut by a kill mid-write is skipped; when a resumed run appended
+    its first row to such a line, that row is kept."""
+    from .data import DataError
+
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
-        from .data import DataError
-
         raise DataError(f"{run_dir} has no metrics.jsonl (is it a run directory?)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+    rows = [row for line in text.splitlines() if (row := _metrics_row(line)) is not None]
+    if not rows:
+        raise DataError(f"{path} holds no metrics rows yet; plot once the run has logged a step")
+    return rows
+
+
+def _metrics_row(line: str) -> dict | None:
+    """One logged row, or None for a blank or partial line. Rows begin with `{"step": `, so a partial line that a
+    later row was appended to holds that row from the last such start."""
+    for start in dict.fromkeys((0, line.rfind('{"step"'))):
+        if start < 0:
+            continue
+        try:
+            row = json.loads(line[start:])
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            return row
+    return None
 
 
 def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:

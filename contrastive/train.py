@@ -52,7 +52,7 @@ from .evaluate import autocast_context, eval_postfix, evaluate_records, record_l
 from .encoders.hf import HFTower
 from .factory import create_model
 from .gradcache import gradcache_backward
-from .guards import NonFiniteGuard, check_inputs, save_or_report, step_if_finite
+from .guards import NonFiniteGuard, check_inputs, parse_device, save_or_report, step_if_finite
 from .finetune import apply_finetune, finetune_param_groups
 from .hf_import import checkpoint_files
 from .pretrained import resolve_model_config
@@ -69,10 +69,8 @@ class RunError(RuntimeError):
 def resolve_device(spec: str, info: DistInfo) -> torch.device:
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(spec)
+    device = parse_device(spec, "train.device")
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device asks for CUDA but no GPU is visible")
         if device.index is None:
             device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
@@ -235,6 +233,11 @@ class MetricsLogger:
     def __init__(self, run_dir: Path, enabled: bool) -> None:
         self.enabled = enabled
         self.file = (run_dir / "metrics.jsonl").open("a") if enabled else None
+        if self.file is not None and self.file.tell() > 0:  # a kill mid-write left a partial line: end it
+            with (run_dir / "metrics.jsonl").open("rb") as f:
+                f.seek(-1, 2)
+                if f.read(1) != b"\n":
+                    self.file.write("\n")
         self.tb = None
         if enabled:
             try:

@@ -152,3 +152,46 @@ def test_bad_encoder_args_through_the_real_cli(tmp_path):
                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "'depth'" in out.stderr, out.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["eval", "--task", "retrieval", "--checkpoint", "c", "--data", "d", "--batch-size", "0"], "--batch-size: must be >= 1"),
+    (["eval", "--task", "retrieval", "--checkpoint", "c", "--data", "d", "--batch-size", "-3"], "--batch-size: must be >= 1"),
+    (["eval", "--task", "retrieval", "--checkpoint", "c", "--data", "d", "--batch-size", "1.5"], "expects an integer"),
+    (["eval", "--task", "retrieval", "--checkpoint", "c", "--data", "d", "--device", "banana"], "is not a device"),
+    (["eval", "--task", "nothing", "--checkpoint", "c", "--data", "d"], "invalid choice"),
+    (["tokenizer", "train", "--data", "x.txt", "--vocab-size", "300", "--output", "o", "--min-frequency", "-5"],
+     "--min-frequency: must be >= 1"),
+    (["tokenizer", "train", "--data", "x.txt", "--vocab-size", "100", "--output", "o"], "--vocab-size: must be >= 259"),
+    (["tokenizer", "train", "--data", "x.txt", "--output", "o"], "required: --vocab-size"),
+    (["rank", "--checkpoint", "c", "--image", "i.jpg", "--captions", "a", "--top-k", "0"], "--top-k: must be >= 1"),
+    (["rank", "--checkpoint", "c", "--image", "i.jpg", "--captions", "a", "--device", "cpu:7"], "is not a device"),
+    (["train", "--no-such-flag"], "unrecognized arguments"),
+    (["export", "--checkpoint", "c"], "required: --output"),
+])
+def test_cli_option_mistakes_are_one_line(tmp_path, monkeypatch, argv, expected):
+    monkeypatch.chdir(tmp_path)
+    rc, err = run_cli(argv)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and expected in lines[0] and "usage:" not in err, err
+    assert lines[0].startswith(f"contrastive {argv[0]}")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("device,expected", [("banana", "is not a device"), ("cuda:-1", "is not a device"),
+                                             ("meta", "is not a device"), ("cuda:99", "cuda:99")])
+def test_bad_train_device_exits_2_at_start_up(tmp_path, device, expected):
+    import torch
+
+    if device == "cuda:99" and not torch.cuda.is_available():
+        expected = "no GPU is visible"
+    rc, err = train_cli(tmp_path, f"train.device={device}")
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and expected in lines[0] and "train.device" in lines[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_context_length_one_exits_2_at_start_up(tmp_path):
+    rc, err = train_cli(tmp_path, "model.context_length=1")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "model.context_length must be >= 2" in err
+    assert not (tmp_path / "run").exists()

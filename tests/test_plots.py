@@ -59,3 +59,25 @@ def test_heatmap_png(tmp_path):
     assert min(low for low, _ in margin.getextrema()) < 200
     with pytest.raises(ValueError, match="do not match"):
         plot_caption_heatmap(images[:2], captions, probs, tmp_path / "bad.png")
+
+
+def test_plot_skips_a_line_cut_by_a_kill(tmp_path, capsys):
+    rows = [json.dumps({"step": s, "loss": 5.0 - s, "logit_scale": 14.0, "lr": 1e-3}) for s in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(rows) + "\n" + rows[0][:17])  # the last write was cut
+    assert main(["plot", str(tmp_path)]) == 0
+    assert sorted(p.rsplit("/", 1)[-1] for p in capsys.readouterr().out.split()) == ["loss.png", "lr.png", "temperature.png"]
+    from contrastive.plots import read_metrics
+
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+    # a resumed run appending its first row to the cut line: that row is kept, the fragment dropped
+    (tmp_path / "metrics.jsonl").write_text(rows[0] + "\n" + rows[1][:20] + rows[2] + "\n[1, 2]\n7\n")
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 3]
+
+
+def test_plot_of_empty_metrics_is_one_line_and_writes_nothing(tmp_path, capsys):
+    for text in ("", "\n\n", '{"step": 1, "lo'):
+        (tmp_path / "metrics.jsonl").write_text(text)
+        assert main(["plot", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no metrics rows" in err[0]
+        assert not (tmp_path / "plots").exists()

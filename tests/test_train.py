@@ -96,6 +96,52 @@ def test_default_recipe_learns_far_above_chance(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# the other losses and precisions, through the real loop
+
+SHORT = ["train.batch_size=16", "train.max_steps=4", "data.val=", "optim.warmup_steps=0"]
+SIGLIP = ["loss.name=siglip", "model.init_logit_bias=-10", "model.init_logit_scale=2.3026"]
+
+
+@pytest.fixture(scope="module")
+def fp32_run(tmp_path_factory):
+    return train(tiny_cfg(tmp_path_factory.mktemp("fp32"), *SHORT))
+
+
+def test_siglip_trains_its_bias_and_its_loss_falls(tmp_path, fp32_run):
+    run = train(tiny_cfg(tmp_path, *SHORT, *SIGLIP))
+    losses = [m["loss"] for m in read_metrics(run) if "loss" in m]
+    # at the paper's init every pair scores about -10: each image's positive costs softplus(10) ~ 10, its 15
+    # negatives next to nothing; the softmax loss would start near log(16) ~ 2.8 instead
+    clip_first = next(m["loss"] for m in read_metrics(fp32_run) if "loss" in m)
+    assert 9.0 < losses[0] < 11.0 and clip_first < 4.0
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < 0.7 * losses[0]
+    model = contrastive.load(run)[0]
+    assert model.logit_bias is not None and model.logit_bias.item() != -10.0  # a trained parameter
+    assert model.logit_scale.item() != 2.3026
+    assert contrastive.load(fp32_run)[0].logit_bias is None
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cpu_tracks_fp32(tmp_path, fp32_run, precision):
+    from contrastive.checkpoint import load_state
+
+    run = train(tiny_cfg(tmp_path, *SHORT, f"train.precision={precision}"))
+    ours = [m["loss"] for m in read_metrics(run) if "loss" in m]
+    ref = [m["loss"] for m in read_metrics(fp32_run) if "loss" in m]
+    assert len(ours) == len(ref) == 4
+    assert ours != ref  # autocast ran: the low-precision matmuls round differently
+    for a, b in zip(ours, ref):
+        assert abs(a - b) < 0.05 * b, (ours, ref)
+    model = contrastive.load(run)[0]
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # fp32 master weights
+    scaler = load_state(run / "checkpoints" / "step_00000004")["scaler"]
+    if precision == "fp16":  # the gradient scaler ran and its state is saved for resuming
+        assert scaler["scale"] > 0 and scaler["_growth_tracker"] >= 0
+    else:
+        assert scaler == {}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # a run survives what it can: failing evaluations, typos, the wrong checkpoint
 
 
@@ -219,3 +265,14 @@ def test_a_killed_overwrite_is_recovered_at_the_next_start(tmp_path):
     fake_earlier_run(replaced_path(run))
     recover_replaced(run)
     assert not replaced_path(run).exists() and (run / "notes.txt").is_file()
+
+
+def test_metrics_logger_ends_a_line_cut_by_a_kill(tmp_path):
+    from contrastive.train import MetricsLogger
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
+    logger = MetricsLogger(tmp_path, enabled=True)
+    logger.log(2, {"loss": 1.5})
+    logger.close()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert lines[1] == '{"step": 2, "lo' and json.loads(lines[2]) == {"step": 2, "loss": 1.5}

@@ -467,3 +467,46 @@ def test_duplicate_text_ids_of_token_dicts_ignore_masked_padding():
     got = text_content_ids({"input_ids": ids, "attention_mask": mask}, None).tolist()
     assert got[0] == got[2] != got[1]
     assert text_content_ids(ids[:, :4], 0).tolist()[0] == text_content_ids(ids, 0).tolist()[0]
+
+
+def unopenable_images(folder):
+    """Image paths that exist in the table but cannot be opened: a symlink loop, a name too long, a folder."""
+    (folder / "loop_a.jpg").symlink_to(folder / "loop_b.jpg")
+    (folder / "loop_b.jpg").symlink_to(folder / "loop_a.jpg")
+    (folder / "a_folder.jpg").mkdir()
+    return [folder / "loop_a.jpg", folder / ("x" * 300 + ".jpg"), folder / "a_folder.jpg"]
+
+
+def test_images_that_cannot_be_opened_are_bad_samples_of_their_own(tmp_path, monkeypatch):
+    import contrastive.data.images as images
+
+    for path in unopenable_images(tmp_path):
+        with pytest.raises(BadSample) as e:
+            decode_image(str(path))
+        assert e.value.reason == "unreadable_file" and e.value.detail and str(tmp_path) not in e.value.detail
+    (tmp_path / "locked.jpg").write_bytes((SHAPES / GOOD[0][0]).read_bytes())
+
+    def denied(path, mode="r"):  # the tests run as root, which chmod cannot lock out
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(images, "open", denied, raising=False)
+    with pytest.raises(BadSample, match="unreadable_file: Permission denied"):
+        decode_image(str(tmp_path / "locked.jpg"))
+
+
+def test_a_run_skips_and_counts_images_that_cannot_be_opened(tmp_path, capsys):
+    from contrastive.cli import main
+
+    bad = unopenable_images(tmp_path)
+    table = tmp_path / "t.csv"
+    rows = [f'{SHAPES / img},"{cap}"' for img, cap in GOOD[:13]] + [f"{p},a red circle" for p in bad]
+    table.write_text("image,caption\n" + "\n".join(rows) + "\n")
+    assert main(["train", "--config", str(ROOT / "configs/shapes_tiny.yaml"), *FAST, "model.tokenizer=byte",
+                 "model.context_length=64", f"data.train={table}", "data.val=", "train.batch_size=16",
+                 "train.max_steps=1", f"train.output_dir={tmp_path}", "train.run_name=run"]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["data"]["bad_samples"] == {"unreadable_file": 3}
+    for row in (15, 16, 17):  # each named by its table row
+        assert f"skipped bad sample: {table} row {row} " in err and "image file cannot be opened" in err

@@ -17,6 +17,7 @@ import torch
 # reason -> what the user is told
 REASONS: dict[str, str] = {
     "missing_file": "image file not found",
+    "unreadable_file": "image file cannot be opened",  # permission denied, a symlink loop, a name too long, a folder
     "empty_file": "zero-byte image file",
     "corrupt_image": "unreadable or corrupt image",
     "decompression_bomb": "image larger than the pixel limit (decompression bomb)",

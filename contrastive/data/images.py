@@ -37,12 +37,28 @@ def decode_image(source: str | bytes, max_pixels: int = PIL_MAX_PIXELS, min_side
             raise BadSample("empty_file")
         fp = io.BytesIO(source)
     else:
-        try:
-            if os.path.getsize(source) == 0:
-                raise BadSample("empty_file", str(source))
-        except (FileNotFoundError, NotADirectoryError):
-            raise BadSample("missing_file", str(source)) from None
-        fp = source
+        fp = _open_image_file(source)
+    try:
+        return _decode(fp, max_pixels, min_side)
+    finally:
+        fp.close()
+
+
+def _open_image_file(path: str) -> io.BufferedReader:
+    """The file opened for reading; every way that fails is a bad sample with a reason of its own."""
+    try:
+        if os.path.isdir(path):
+            raise BadSample("unreadable_file", "a folder, not a file")
+        if os.path.getsize(path) == 0:
+            raise BadSample("empty_file", str(path))
+        return open(path, "rb")
+    except (FileNotFoundError, NotADirectoryError):
+        raise BadSample("missing_file", str(path)) from None
+    except (OSError, ValueError) as e:  # permission denied, a symlink loop, a name too long; ValueError: a NUL byte
+        raise BadSample("unreadable_file", getattr(e, "strerror", None) or f"{type(e).__name__}: {str(e)[:120]}") from None
+
+
+def _decode(fp, max_pixels: int, min_side: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             # the size check below is ours; Pillow's own warning would only be noise

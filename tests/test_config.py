@@ -78,6 +78,14 @@ def test_best_metric_must_be_one_the_evaluation_reports(overrides, expected):
             load_config(None, overrides)
 
 
+def test_siglip_needs_a_logit_bias():
+    with pytest.raises(ConfigError, match="loss.name=siglip needs model.init_logit_bias"):
+        load_config(None, ["loss.name=siglip"])
+    cfg = load_config(None, ["loss.name=siglip", "model.init_logit_bias=-10", "model.init_logit_scale=2.3026"])
+    assert (cfg.loss.name, cfg.model.init_logit_bias, cfg.model.init_logit_scale) == ("siglip", -10.0, 2.3026)
+    assert load_config(None, ["model.init_logit_bias=-10"]).loss.name == "clip"  # a bias alone is allowed
+
+
 def test_unknown_key_in_yaml(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump({"optim": {"learning_rate": 1e-3}}))

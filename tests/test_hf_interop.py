@@ -148,6 +148,13 @@ def test_export_refuses_poolings_transformers_cannot_apply(tmp_path):
         export_hf(run, tmp_path / "export")
 
 
+def test_export_refuses_a_logit_bias(tmp_path):
+    run = small_run(tmp_path, "loss.name=siglip", "model.init_logit_bias=-10", "model.init_logit_scale=2.3026")
+    with pytest.raises(CheckpointError, match="logit bias"):
+        export_hf(run, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
+
+
 @pytest.mark.slow  # a subprocess importing torch and transformers
 def test_cli_export(tmp_path, capsys):
     run = small_run(tmp_path)

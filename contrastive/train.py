@@ -511,6 +511,8 @@ def _train(cfg: Config, info: DistInfo, stop: GracefulStop) -> Path:
 
     model.train()
     while progress.step < total_steps and not stopping:
+        if progress.batch_in_epoch >= steps_per_epoch:  # resumed on a smaller training set: that epoch is over
+            progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
         epoch_batches = train_data.batches(progress.epoch, progress.batch_in_epoch)
         for batch in device_batches(epoch_batches, device, cfg.data.copy_stream):
             lr = lr_at(progress.step, total_steps, cfg.optim)

@@ -62,3 +62,35 @@ def test_state_dict_uses_transformers_clip_names():
     tkeys = set(create_encoder("text_tiny").state_dict())
     assert {"embeddings.token_embedding.weight", "embeddings.position_embedding.weight",
             "encoder.layers.3.layer_norm2.weight", "final_layer_norm.weight"} <= tkeys
+
+
+def test_patch_dropout_keeps_the_share_asked_in_training_only():
+    from contrastive.encoders.vit import VisionTransformer
+
+    vit = VisionTransformer(image_size=32, patch_size=8, width=32, layers=1, heads=2, patch_dropout=0.5)  # 16 patches
+    x = torch.randn(3, 17, 32)  # (B, 1 + N, C)
+    vit.train()
+    kept = vit.keep_patches(x)
+    assert kept.shape == (3, 9, 32)  # the class token and 8 of 16 patches
+    assert torch.equal(kept[:, 0], x[:, 0])
+    for b in range(3):  # every kept row is one of that sample's own patches, none twice
+        idx = [int((x[b, 1:] == row).all(-1).nonzero()) for row in kept[b, 1:]]
+        assert len(set(idx)) == 8
+    assert not torch.equal(vit.keep_patches(x)[:, 1:], kept[:, 1:])  # a new draw each call
+    vit.eval()
+    assert torch.equal(vit.keep_patches(x), x)
+    pixels = torch.randn(2, 3, 32, 32)
+    full = VisionTransformer(image_size=32, patch_size=8, width=32, layers=1, heads=2)
+    full.load_state_dict(vit.state_dict())
+    torch.testing.assert_close(vit(pixels), full.eval()(pixels))  # evaluation untouched
+
+
+def test_patch_dropout_out_of_range_and_on_other_towers_is_refused():
+    from contrastive.config import ConfigError, ModelConfig, load_config
+    from contrastive.factory import create_model
+
+    with pytest.raises(ConfigError, match="patch_dropout"):
+        load_config(None, ["model.patch_dropout=1.0"])
+    with pytest.raises(ConfigError, match="built-in ViTs"):
+        create_model(ModelConfig(image_encoder="torchvision:resnet18", patch_dropout=0.5, tokenizer="byte",
+                                 context_length=16))

@@ -27,7 +27,7 @@ METRIC_KEYS = {f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (
 
 @pytest.fixture(scope="module")
 def random_model():
-    cfg = ModelConfig(image_encoder_args={"layers": 1}, text_encoder_args={"layers": 1})
+    cfg = ModelConfig(image_encoder_args={"layers": 1}, text_encoder_args={"layers": 1}, tokenizer="byte", context_length=64)
     model, tokenizer = create_model(cfg)
     return model.eval(), build_transform(cfg, None, train=False), tokenizer
 

@@ -22,7 +22,8 @@ CAPTIONS = ["a large red diamond at the bottom", "a small purple heart at the to
 
 
 def tiny_model(bias: float | None):
-    cfg = ModelConfig(image_encoder_args={"layers": 1}, text_encoder_args={"layers": 1}, init_logit_bias=bias)
+    cfg = ModelConfig(image_encoder_args={"layers": 1}, text_encoder_args={"layers": 1}, init_logit_bias=bias,
+                      tokenizer="byte", context_length=64)
     model, tokenizer = create_model(cfg)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(37.0))  # not the init value, so a forgotten exp() or scale would show

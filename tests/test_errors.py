@@ -195,3 +195,28 @@ def test_context_length_one_exits_2_at_start_up(tmp_path):
     rc, err = train_cli(tmp_path, "model.context_length=1")
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "model.context_length must be >= 2" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("rows,expected", [
+    (["missing/a.jpg,a red circle", "missing/b.jpg,a blue square"], "missing_file=" ),
+    (["{folder},a red circle", "{folder},a blue square"], "unreadable_file="),
+    (["{good},", "{good},   "], "caption"),
+])
+def test_a_table_with_no_usable_sample_leaves_no_run_directory(tmp_path, rows, expected):
+    good = ROOT / "data/shapes/images/train/00000.jpg"
+    (tmp_path / "a_folder").mkdir()
+    table = tmp_path / "t.csv"
+    lines = [r.format(folder=tmp_path / "a_folder", good=good) for r in rows] * 4
+    table.write_text("image,caption\n" + "\n".join(lines) + "\n")
+    out = tmp_path / "runs"
+    args = ["model.tokenizer=byte", "model.context_length=64", f"data.train={table}", "data.val=", "train.batch_size=2",
+            "train.max_steps=1"]
+    rc, err = train_cli(out, *args)
+    lines_ = err.strip().splitlines()
+    assert rc == 2 and len(lines_) == 1 and expected in lines_[0], err
+    if expected != "caption":  # (captions are read, and refused, before the images)
+        assert "none of" in lines_[0] and f"{table} row 2" in lines_[0]
+    assert not out.exists() or not any(out.iterdir())
+    # the data fixed, the same command runs: nothing is in its way
+    table.write_text("image,caption\n" + f"{good},a red circle\n" * 4)
+    assert train_cli(out, *args)[0] == 0

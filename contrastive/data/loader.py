@@ -258,6 +258,24 @@ class TrainData:
         self.num_truncated = 0
         self.num_captions = 0
         self._loader: DataLoader | None = None
+        if isinstance(self.dataset, ImageTextDataset) and self.num_samples:
+            self.check_usable()
+
+    def check_usable(self, rounds: int = 4) -> None:
+        """Raise DataError unless some sample loads (a table whose every image is missing fails here, before the
+        trainer writes anything). Costs one decode for good data; the draws do not touch the epoch's order."""
+        bad: list[BadRecord] = []
+        for r in range(rounds):
+            sample = self.dataset[(0, sample_seed(self.seed, -1 - r, 0))]
+            bad += sample.bad
+            if sample.pixels is not None:
+                return
+        counts: dict[str, int] = {}
+        for b in bad:
+            counts[b.reason] = counts.get(b.reason, 0) + 1
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        raise DataError(f"data.train: none of {len(bad)} samples drawn from its {self.num_samples} rows could be used "
+                        f"({reasons}); first: {bad[0].line()}")
 
     def _loader_at(self, epoch: int, start_batch: int) -> DataLoader:
         opts = loader_options(self.cfg)

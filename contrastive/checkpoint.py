@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -149,21 +151,71 @@ def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The checkpoint named in `latest`, else the highest complete step directory."""
+    """The newest intact checkpoint: the one named in `latest`, else the highest complete step directory. A corrupt
+    one (see `checkpoint_problem`) is passed over with a warning naming it and the one used instead; CheckpointError
+    when every checkpoint there is corrupt."""
+    candidates: list[Path] = []
     pointer = checkpoint_dir / "latest"
     if pointer.is_file():
-        candidate = checkpoint_dir / pointer.read_text().strip()
-        if is_checkpoint(candidate):
+        candidate = checkpoint_dir / pointer.read_text(errors="replace").strip()
+        if candidate.parent == checkpoint_dir and is_checkpoint(candidate):
+            candidates.append(candidate)
+    candidates += [p for p in reversed(list_checkpoints(checkpoint_dir)) if p not in candidates]
+    corrupt: list[tuple[Path, str]] = []
+    for candidate in candidates:
+        problem = checkpoint_problem(candidate)
+        if not problem:
+            for bad, why in corrupt:
+                if bad not in _WARNED:
+                    _WARNED.add(bad)
+                    print(f"warning: checkpoint {bad} is corrupt ({why}); using {candidate.name} instead",
+                          file=sys.stderr, flush=True)
             return candidate
-    found = list_checkpoints(checkpoint_dir)
-    return found[-1] if found else None
+        corrupt.append((candidate, problem))
+    if corrupt:
+        raise CheckpointError(f"every checkpoint in {checkpoint_dir} is corrupt (newest {corrupt[0][0].name}: "
+                              f"{corrupt[0][1]}); start a new run or restore one from a backup")
+    return None
+
+
+_WARNED: set[Path] = set()  # corrupt checkpoints already reported by this process
+
+
+def checkpoint_problem(path: Path) -> str:
+    """Why the checkpoint at `path` cannot be used ("" when its files are whole): a weights file shorter than its
+    header says, a meta.json that is not a JSON object, a state.pt without its archive directory (cut by a full disk
+    or a copy). Reads headers only."""
+    try:
+        with (path / MODEL_FILE).open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or not 0 < n <= size - 8:
+                return f"{MODEL_FILE} is truncated ({size} bytes)"
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end > size:
+            return f"{MODEL_FILE} is truncated ({size} of {8 + n + end} bytes)"
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return f"{MODEL_FILE} is not a readable safetensors file"
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+    except (OSError, ValueError):
+        return f"{META_FILE} is not valid JSON"
+    if not isinstance(meta, dict):
+        return f"{META_FILE} is not a JSON object"
+    state = path / STATE_FILE
+    if state.exists() and not zipfile.is_zipfile(state):
+        return f"{STATE_FILE} is truncated or not a torch archive"
+    return ""
 
 
 def read_meta(path: Path) -> dict[str, Any]:
     try:
         return json.loads((path / META_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable {META_FILE} ({e})") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: unreadable {META_FILE} ({e.strerror or type(e).__name__})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"{path}: {META_FILE} is corrupt (not valid JSON)") from None
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -178,7 +230,11 @@ def load_state(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path / STATE_FILE}: refused or unreadable ({str(e).splitlines()[0][:200]})") from None
+        if "weights only load failed" in str(e).lower():  # torch's hint here (load it unsafely) is the wrong advice
+            raise CheckpointError(f"{path / STATE_FILE}: refused: it holds objects that are not plain tensors or "
+                                  "containers (a pickled payload could run code), so it will not be loaded") from None
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else error_line(e)[:200] or type(e).__name__
+        raise CheckpointError(f"{path / STATE_FILE}: unreadable ({reason})") from None
 
 
 def prune_checkpoints(checkpoint_dir: Path, keep: int, protect: set[str] = frozenset()) -> None:

@@ -175,3 +175,47 @@ def test_leftovers_of_interrupted_writes_are_removed(tmp_path):
     removed = remove_partial_checkpoints(tmp_path)
     assert len(removed) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000001"] and latest_checkpoint(tmp_path) == good
+
+
+@pytest.mark.parametrize("damage", ["truncate model.safetensors", "invalid meta.json", "truncate state.pt",
+                                    "empty model.safetensors"])
+def test_resume_passes_over_a_corrupt_latest_checkpoint_and_says_so(tmp_path, capsys, damage):
+    overrides = [*FAST, "model.tokenizer=byte", "model.context_length=64", "train.max_steps=2",
+                 "train.save_every_n_steps=1", f"train.output_dir={tmp_path}", "train.run_name=run"]
+    run = train(load_config(ROOT / "configs/shapes_tiny.yaml", overrides))
+    newest = run / "checkpoints" / "step_00000002"
+    action, name = damage.split(" ", 1)
+    target = newest / name
+    if action == "truncate":
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    elif action == "empty":
+        target.write_bytes(b"")
+    else:
+        target.write_text('{"step": 2, "conf')
+    assert latest_checkpoint(run / "checkpoints") == run / "checkpoints" / "step_00000001"
+    ckpt_mod._WARNED.clear()  # a process warns once per checkpoint: let the CLI run below warn again
+    capsys.readouterr()
+    argv = ["train", "--config", str(ROOT / "configs/shapes_tiny.yaml"), *overrides, "train.max_steps=3",
+            "train.resume=true"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "resumed from" in out and "step_00000001 (step 1)" in out
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warnings and f"{newest} is corrupt ({name} is" in warnings[0] and "using step_00000001" in warnings[0]
+    assert "does not fit" not in err and "Errno" not in err
+    # with every checkpoint corrupt, resuming is one line naming the problem (never a silent fresh start)
+    for step in (run / "checkpoints").glob("step_*"):
+        (step / "meta.json").write_text("{")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "every checkpoint in" in err[0] and "meta.json is not valid JSON" in err[0]
+
+
+def test_pickled_state_is_refused_without_the_unsafe_hint(tmp_path):
+    path = write(tmp_path, torch.nn.Linear(4, 3), 1)
+    torch.save({"optimizer": Payload(tmp_path / "pwned")}, path / "state.pt")
+    with pytest.raises(CheckpointError) as e:
+        load_state(path)
+    message = str(e.value)
+    assert "not plain tensors" in message and "weights_only" not in message and "\n" not in message
+    assert not (tmp_path / "pwned").exists()

@@ -26,19 +26,28 @@ def launch(out: Path, run_name: str, *overrides: str, delay_s: float = 0.0) -> s
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def logged_steps(run: Path) -> list[int]:
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    steps = []
-    for line in path.read_text().splitlines():
+def logged_losses(run: Path) -> list[tuple[int, float]]:
+    """(step, loss) of every complete training row of metrics.jsonl, in file order (relaunches append)."""
+    rows = []
+    for line in (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:  # a line cut by the kill
             continue
         if "loss" in row:
-            steps.append(row["step"])
-    return steps
+            rows.append((row["step"], row["loss"]))
+    return rows
+
+
+def logged_steps(run: Path) -> list[int]:
+    return [step for step, _ in logged_losses(run)]
+
+
+def assert_resumed(stdout: str, ckpt: Path, steps: list[int]) -> None:
+    """The launch reported resuming from `ckpt` and logged only the steps after it: the next one, then in order."""
+    n = int(ckpt.name.removeprefix("step_"))
+    assert f"resumed from {ckpt} (step {n})" in stdout, stdout[-2000:]
+    assert steps and steps == list(range(n + 1, n + 1 + len(steps))), (n, steps)
 
 
 def wait_for(predicate, proc: subprocess.Popen, timeout: float = 150.0, what: str = "") -> None:

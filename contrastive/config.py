@@ -38,6 +38,7 @@ class ModelConfig:
     image_size: int = 64  # input resolution of the image tower
     tokenizer: str = "auto"  # "auto" (a BPE learned from the training captions), "byte", "bpe:<tokenizer.json>", "hf:<dir or id>"
     tokenizer_vocab_size: int = 8192  # tokenizer=auto: most tokens in the learned vocabulary (fewer when the captions hold fewer)
+    tokenizer_min_frequency: int = 1  # tokenizer=auto: fewest occurrences of a pair for it to merge (1: every training word whole)
     context_length: int = 0  # tokens per caption incl. start/end (longer ones are cut); 0 = fit to 99.9% of the training captions
     patch_dropout: float = 0.0  # built-in ViTs: share of patch tokens dropped at random in training (FLIP); 0 = off
     init_logit_scale: float = math.log(1 / 0.07)  # log of the initial temperature scale
@@ -214,6 +215,8 @@ def validate(cfg: Config) -> None:
                           f"{cfg.model.tokenizer_vocab_size}")
     if not 0.0 <= cfg.model.patch_dropout < 1.0:
         raise ConfigError(f"model.patch_dropout must be in [0, 1), got {cfg.model.patch_dropout}")
+    if cfg.model.tokenizer_min_frequency < 1:
+        raise ConfigError(f"model.tokenizer_min_frequency must be >= 1, got {cfg.model.tokenizer_min_frequency}")
     if cfg.loss.chunk_size < 0:
         raise ConfigError(f"loss.chunk_size must be > 0 (or 0 for the plain loss), got {cfg.loss.chunk_size}")
     if t.micro_batch_size < 0 or t.micro_batch_size > t.batch_size:

@@ -2,7 +2,10 @@
 
 - Built-in ViT + built-in text Transformer -> `CLIPModel` (the layouts match one to one).
 - Any HF tower -> `VisionTextDualEncoderModel`; a built-in tower beside it becomes `CLIPVisionModel` /
-  `CLIPTextModel`. HF towers must pool with `pooler`, the only pooling transformers' dual encoder applies.
+  `CLIPTextModel`. HF towers must pool with `pooler`, the only pooling transformers' dual encoder applies, except
+  an HF text tower pooling with `mean` or `cls` (sentence-transformers models): its text side is written as well as
+  a sentence-transformers folder, `DIR/text_sentence_transformers/`, whose `encode` gives the model's text
+  embeddings (the dual encoder's own text features use the untrained pooler and differ).
 - timm / torchvision towers have no transformers counterpart and are refused.
 
 The directory holds safetensors weights, config.json, the tokenizer (the byte tokenizer is written as a
@@ -22,6 +25,8 @@ from .checkpoint import CheckpointError
 from .config import ModelConfig
 
 VERIFY_ATOL = 1e-5
+ST_POOLINGS = ("mean", "cls")  # HF text poolings written as a sentence-transformers folder beside the dual encoder
+ST_FOLDER = "text_sentence_transformers"
 
 
 def _model_config(path: Path) -> ModelConfig:
@@ -97,7 +102,7 @@ def to_transformers(model, tokenizer, cfg: ModelConfig):
     for name, tower in (("image", image), ("text", text)):
         if not isinstance(tower, (HFTower, VisionTransformer, TextTransformer)):
             raise CheckpointError(f"the {name} tower ({type(tower).__name__}) has no transformers counterpart")
-        if isinstance(tower, HFTower) and tower.pooling != "pooler":
+        if isinstance(tower, HFTower) and tower.pooling != "pooler" and not (name == "text" and tower.pooling in ST_POOLINGS):
             raise CheckpointError(f"the {name} tower pools with '{tower.pooling}'; transformers' dual encoder uses the "
                                   f"model's pooler output (train with {name}_encoder_args.pooling=pooler to export)")
     scale = float(model.logit_scale.detach())
@@ -223,12 +228,25 @@ def _write_and_verify(model, tokenizer, hf_model, processor, cfg: ModelConfig, f
                       verify: bool) -> dict[str, float]:
     from transformers import AutoModel, AutoProcessor
 
+    from .encoders.hf import HFTower
+
     hf_model.save_pretrained(str(folder))
     processor.save_pretrained(str(folder))
+    text = model.text_encoder
+    sentence = isinstance(text, HFTower) and text.pooling in ST_POOLINGS
+    if sentence:  # the dual encoder's text side pools with the pooler; this folder has the model's text embeddings
+        from .st_export import write_sentence_transformer
+
+        write_sentence_transformer(text, model.text_projection, tokenizer, cfg.context_length, folder / ST_FOLDER)
     if not verify:
         return {}
     diffs = compare_embeddings(model, tokenizer, AutoModel.from_pretrained(str(folder)).eval(),
                                AutoProcessor.from_pretrained(str(folder)), cfg.image_size)
+    if sentence:
+        from .st_export import compare_text
+
+        diffs["text"] = compare_text(model, tokenizer, folder / ST_FOLDER,
+                                     ["a red circle on the left", "two small blue squares", "x"])
     if max(diffs["image"], diffs["text"]) > VERIFY_ATOL:
         raise CheckpointError(f"exported model disagrees with the toolkit's (max |diff| {diffs}); please report")
     return diffs

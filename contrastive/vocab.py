@@ -108,7 +108,7 @@ def prepare_text(model_cfg: ModelConfig, data_cfg: DataConfig, saved_tokenizer: 
         if saved_tokenizer is not None and saved_tokenizer.is_file():
             tokenizer = load_tokenizer_file(saved_tokenizer, provisional)
         else:
-            tokenizer = TextTokenizer(train_bpe(captions, model_cfg.tokenizer_vocab_size), provisional, "auto")
+            tokenizer = TextTokenizer(train_bpe(captions, model_cfg.tokenizer_vocab_size, model_cfg.tokenizer_min_frequency), provisional, "auto")
     else:
         try:
             tokenizer = build_tokenizer(model_cfg.tokenizer, provisional, model_cfg.trust_remote_code)

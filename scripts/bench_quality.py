@@ -54,6 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--peer-lr", type=float, default=5e-4, help="OpenCLIP's learning rate (at 1e-3 it collapses on icons)")
     p.add_argument("--no-peer", action="store_true", help="train the toolkit only")
+    p.add_argument("--peer-from", default="", help="reuse the peer runs of an earlier results.json (same data, seeds, epochs)")
     p.add_argument("--curve-every", type=int, default=2, help="save and score every N epochs (the curve's points)")
     p.add_argument("--work", default="", help="folder for runs (default: a fresh one under /tmp)")
     p.add_argument("--name", default="", help="label of the toolkit contender (default: the config's stem)")
@@ -82,13 +83,25 @@ def recall(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> dict[str, f
     return out
 
 
+class Pixels:
+    """Each split's images through one contender's eval preprocessing, decoded once for all its saved models."""
+
+    def __init__(self, preprocess) -> None:
+        self.preprocess, self.cache = preprocess, {}
+
+    def __call__(self, split: str, paths: list[str]) -> torch.Tensor:
+        if split not in self.cache:
+            self.cache[split] = torch.stack([self.preprocess(Image.open(p).convert("RGB")) for p in paths])
+        return self.cache[split]  # (N, 3, S, S)
+
+
 @torch.no_grad()
-def score(encode_image, encode_text, preprocess, tokenize, splits: dict) -> dict[str, dict[str, float]]:
+def score(encode_image, encode_text, pixels: Pixels, tokenize, splits: dict) -> dict[str, dict[str, float]]:
     """Recall on each split with a contender's own preprocessing and tokenizer, in batches of 256."""
     out = {}
     for split, (paths, captions) in splits.items():
-        img = torch.cat([encode_image(torch.stack([preprocess(Image.open(p).convert("RGB")) for p in paths[i:i + 256]]))
-                         for i in range(0, len(paths), 256)])
+        x = pixels(split, paths)
+        img = torch.cat([encode_image(x[i:i + 256]) for i in range(0, len(x), 256)])
         txt = torch.cat([encode_text(tokenize(captions[i:i + 256])) for i in range(0, len(captions), 256)])
         out[split] = recall(torch.nn.functional.normalize(img, dim=-1), torch.nn.functional.normalize(txt, dim=-1))
     return out
@@ -123,10 +136,13 @@ def toolkit(a, data: Path, work: Path, seed: int, splits: dict) -> dict:
         "eval.best_metric=", "train.progress_bar=false"]
     start, seconds = run_timed([sys.executable, "-m", "contrastive", "train", "--config", a.config, *overrides],
                                work / f"{name}.log")
-    curve = []
-    for ckpt in sorted((work / name / "checkpoints").glob("step_*")):
+    curve, pixels = [], None
+    ckpts = sorted((work / name / "checkpoints").glob("step_*"))
+    for ckpt in ckpts:
         model, preprocess, tokenizer = load(ckpt)
-        res = score(model.encode_image, model.encode_text, preprocess, tokenizer, splits)
+        pixels = pixels or Pixels(preprocess)
+        scored = splits if ckpt == ckpts[-1] else {"test": splits["test"]}  # the curve needs the test split only
+        res = score(model.encode_image, model.encode_text, pixels, tokenizer, scored)
         step = int(ckpt.name.split("_")[1])
         curve.append({"epoch": step / steps_per_epoch, "seconds": (ckpt / "model.safetensors").stat().st_mtime - start, **res})
     return {"contender": a.name or Path(a.config).stem, "seed": seed, "epochs": epochs, "train_s": round(seconds, 1),
@@ -159,10 +175,13 @@ def peer(a, data: Path, work: Path, seed: int, epochs: int, splits: dict) -> dic
     tok = open_clip.get_tokenizer("bench-tiny")
     curve = []
     ckpts = sorted((work / name / "checkpoints").glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    pixels = None
     for ckpt in ckpts:
         model, _, preprocess = open_clip.create_model_and_transforms("bench-tiny", pretrained=str(ckpt))
         model.eval()
-        res = score(model.encode_image, model.encode_text, preprocess, tok, splits)
+        pixels = pixels or Pixels(preprocess)
+        scored = splits if ckpt == ckpts[-1] else {"test": splits["test"]}
+        res = score(model.encode_image, model.encode_text, pixels, tok, scored)
         curve.append({"epoch": int(ckpt.stem.split("_")[1]), "seconds": ckpt.stat().st_mtime - start, **res})
     return {"contender": f"OpenCLIP lr {a.peer_lr:g}", "seed": seed, "epochs": epochs, "train_s": round(seconds, 1),
             **{k: curve[-1][k] for k in ("train", "test")}, "curve": curve}
@@ -279,7 +298,13 @@ def main(argv=None) -> None:
         r = toolkit(a, data, work, seed, splits)
         print(json.dumps({k: v for k, v in r.items() if k != "curve"}), flush=True)
         results[label].append(r)
-        if peer_label:
+        if peer_label and a.peer_from:
+            earlier = json.loads(Path(a.peer_from).read_text())
+            q = next((q for q in earlier.get(peer_label, []) if q["seed"] == seed), None)
+            if q is None:
+                raise SystemExit(f"{a.peer_from} holds no '{peer_label}' run of seed {seed}")
+            results[peer_label].append(q)
+        elif peer_label:
             q = peer(a, data, work, seed, r["epochs"], splits)
             print(json.dumps({k: v for k, v in q.items() if k != "curve"}), flush=True)
             results[peer_label].append(q)

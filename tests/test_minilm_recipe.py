@@ -60,12 +60,23 @@ def test_lit_recipe_trains_keeps_the_locked_tower_and_exports(tmp_path):
     hf = AutoModel.from_pretrained(str(out)).eval()
     processor = AutoProcessor.from_pretrained(str(out))
     assert type(hf).__name__ == "VisionTextDualEncoderModel" and type(hf.text_model).__name__ == "BertModel"
-    captions = ["a small red circle at the top", "a large blue star on the left and a green square"]
-    batch = processor(text=captions, padding=True, truncation=True, return_tensors="pt")
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # the image side through transformers
+        theirs_img = hf.get_image_features(pixel_values=pixels)
+        theirs_img = torch.nn.functional.normalize(getattr(theirs_img, "pooler_output", theirs_img), dim=-1)
+        torch.testing.assert_close(model.encode_image(pixels), theirs_img, rtol=0, atol=1e-5)
+    # the mean-pooled text side through sentence-transformers, as all-MiniLM-L6-v2 itself is used
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(out / "text_sentence_transformers"), device="cpu")
+    captions = ["a small red circle at the top", "a large blue star on the left and a green square", "x"]
     with torch.no_grad():
-        out_txt = hf.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        theirs = torch.nn.functional.normalize(getattr(out_txt, "pooler_output", out_txt), dim=-1)
-        torch.testing.assert_close(model.encode_text(tokenizer(captions)), theirs, rtol=0, atol=1e-5)
+        ours = model.encode_text(tokenizer(captions))
+    torch.testing.assert_close(ours, st.encode(captions, convert_to_tensor=True), rtol=0, atol=1e-5)
+    # the locked tower kept its pretrained mean-pooled sentence embeddings: the projection is all that was learned
+    base = SentenceTransformer(str(minilm_dir()), device="cpu").encode(captions, convert_to_tensor=True)
+    projected = torch.nn.functional.normalize(base @ model.text_projection.weight.T, dim=-1)
+    torch.testing.assert_close(ours, projected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -41,6 +41,7 @@ class VisionTransformer(nn.Module):
         mlp_ratio: float = 4.0,
         act: str = "gelu",
         patch_dropout: float = 0.0,
+        init: str = "clip",
     ) -> None:
         super().__init__()
         if not 0.0 <= patch_dropout < 1.0:
@@ -52,7 +53,18 @@ class VisionTransformer(nn.Module):
         self.pre_layrnorm = nn.LayerNorm(width, eps=1e-5)  # transformers' (misspelt) name, kept for weight mapping
         self.encoder = Encoder(width, layers, heads, mlp_ratio, act)
         self.post_layernorm = nn.LayerNorm(width, eps=1e-5)
-        init_transformer_(self.encoder, width)
+        if init == "clip":
+            init_transformer_(self.encoder, width)
+        elif init == "torch":  # PyTorch's layer defaults; q/k/v as nn.MultiheadAttention sets them (xavier, zero bias)
+            for block in self.encoder.layers:
+                attn = block.self_attn
+                bound = (6.0 / (width + 3 * width)) ** 0.5  # xavier-uniform of the stacked (3C, C) projection
+                for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+                    nn.init.uniform_(proj.weight, -bound, bound)
+                    nn.init.zeros_(proj.bias)
+                nn.init.zeros_(attn.out_proj.bias)
+        else:
+            raise ValueError(f"init must be 'clip' or 'torch', got {init!r}")
 
     @property
     def output_dim(self) -> int:

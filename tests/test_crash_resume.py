@@ -39,7 +39,8 @@ def assert_same_final_state(ref, run, max_steps: int) -> None:
             assert torch.equal(value, sb["optimizer"]["state"][i][key]), (i, key)
 
 
-def assert_losses_match(ref, run, rows: list[tuple[int, float]]) -> None:
+def assert_losses_match(ref, rows: list[tuple[int, float]]) -> None:
+    """Every (step, loss) row equals the reference run's loss at that step, bitwise."""
     reference = dict(logged_losses(ref))
     assert rows and all(loss == reference[step] for step, loss in rows), rows
 
@@ -92,7 +93,7 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path):
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # leftovers cleaned
     assert reference.wait(timeout=300) == 0, reference.stderr.read()[-2000:]
 
-    assert_losses_match(tmp_path / "ref", run, logged_losses(run))  # every step of every launch, to the bit
+    assert_losses_match(tmp_path / "ref", logged_losses(run))  # every step of every launch, to the bit
     assert_same_final_state(tmp_path / "ref", run, MAX_STEPS)
 
 
@@ -114,7 +115,7 @@ def test_killed_fp16_run_resumes_its_gradient_scaler(tmp_path):
     assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
     assert_resumed(proc.stdout.read(), ckpt, logged_steps(run)[seen:])
     assert reference.wait(timeout=300) == 0, reference.stderr.read()[-2000:]
-    assert_losses_match(tmp_path / "ref", run, logged_losses(run))
+    assert_losses_match(tmp_path / "ref", logged_losses(run))
     assert_same_final_state(tmp_path / "ref", run, 16)
     # the tracker carried on from the checkpoint: more finite steps than the relaunch itself ran
     final = load_state(latest_checkpoint(run / "checkpoints"))["scaler"]

@@ -108,11 +108,14 @@ def rank_command(argv: list[str]) -> int:
     args.device = device_option(args.device)
     import json
 
+    from .config import ConfigError
     from .evaluate import read_lines
     from .factory import load
     from .rank import format_rankings, rankings_from_scores, rankings_to_json, score_captions
 
     captions = args.captions if args.captions else read_lines(args.captions_file)
+    if empty := [i for i, c in enumerate(captions, 1) if not c.strip()]:  # training skips these as bad samples
+        raise ConfigError(f"--captions: caption {empty[0]} is empty; give each candidate some text")
     model, preprocess, tokenizer = load(args.checkpoint, device=args.device)
     scores = score_captions(model, preprocess, tokenizer, args.image, captions, device=args.device)
     rankings = rankings_from_scores(args.image, captions, scores, args.top_k)
@@ -202,10 +205,14 @@ def tokenizer_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from pathlib import Path
 
+    from .data import DataError
     from .data.sources import iter_captions
     from .tokenizer import train_bpe
 
-    tok = train_bpe(iter_captions(args.data, args.caption_key), args.vocab_size, args.min_frequency)
+    captions = list(iter_captions(args.data, args.caption_key))
+    if not captions:
+        raise DataError(f"--data {args.data} holds no usable caption (empty, or no text in '{args.caption_key}')")
+    tok = train_bpe(captions, args.vocab_size, args.min_frequency)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tokenizer.json").write_text(tok.to_str())

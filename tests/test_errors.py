@@ -220,3 +220,16 @@ def test_a_table_with_no_usable_sample_leaves_no_run_directory(tmp_path, rows, e
     # the data fixed, the same command runs: nothing is in its way
     table.write_text("image,caption\n" + f"{good},a red circle\n" * 4)
     assert train_cli(out, *args)[0] == 0
+
+
+def test_silent_mistakes_of_rank_and_tokenizer_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "blank.csv").write_text("image,caption\na.jpg,\nb.jpg,   \n")
+    for data in ("empty.txt", "blank.csv"):
+        rc, err = run_cli(["tokenizer", "train", "--data", data, "--vocab-size", "300", "--output", "tok"])
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and "no usable caption" in err, err
+    assert not (tmp_path / "tok").exists()
+    for captions in ([""], ["a red circle", "  "]):
+        rc, err = run_cli(["rank", "--checkpoint", "c", "--image", "i.jpg", "--captions", *captions])
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and "is empty" in err, err

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import PYTHON, ROOT, subprocess_env
+from tests.grads import ZERO_GRADIENT
 
 TINY = "{layers: 1, width: 32, heads: 2}"
 COMMON = [
@@ -53,7 +54,10 @@ def weights(run_dir, step: int) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "checkpoints" / f"step_{step:08d}" / "model.safetensors"))
 
 
-def assert_same_run(got_dir, ref_dir, steps: list[int], final: int) -> None:
+def assert_same_run(got_dir, ref_dir, steps: list[int], final: int, noise_step: float = 0.0) -> None:
+    """Same loss, gradient norm and temperature at every step, same final weights. `noise_step` > 0: Adam moves the
+    attention key biases (true gradient zero) by rounding noise of up to that much per step, which differs between
+    runs: those are checked against that bound instead."""
     got, ref = metrics(got_dir), metrics(ref_dir)
     assert sorted(got) == steps
     for s in steps:
@@ -62,6 +66,9 @@ def assert_same_run(got_dir, ref_dir, steps: list[int], final: int) -> None:
     w, r = weights(got_dir, final), weights(ref_dir, final)
     assert set(w) == set(r)
     for k in r:
+        if noise_step and k.endswith(ZERO_GRADIENT):
+            assert (w[k] - r[k]).abs().max() <= 2 * noise_step * final, k
+            continue
         torch.testing.assert_close(w[k], r[k], rtol=1e-5, atol=1e-5, msg=lambda m: f"{k}: {m}")
 
 
@@ -89,6 +96,29 @@ def single_run(tmp_path_factory):
 def test_torchrun_training_equals_single_process(tmp_path, single_run, overrides):
     run(torchrun(*train_cmd(tmp_path, *overrides)))
     assert_same_run(tmp_path / "run", single_run, [1, 2, 3], 3)
+
+
+# OptimConfig's own clipping and eps, in place of COMMON's: clipping at 1.0 engages at every step of this run
+DEFAULT_OPTIM = ["optim.grad_clip=1.0", "optim.eps=1e-6"]
+LR = 1e-3  # configs/shapes_tiny.yaml: the most one Adam step moves a parameter
+
+
+@pytest.fixture(scope="module")
+def single_run_default_optim(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single_default_optim")
+    run([PYTHON, *train_cmd(out, *DEFAULT_OPTIM)])
+    return out / "run"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [[], ["train.fsdp=true"]], ids=["ddp", "fsdp"])
+def test_torchrun_with_default_clipping_equals_single_process(tmp_path, single_run_default_optim, overrides):
+    """DDP (torch's clip_grad_norm_ on replicated gradients) and FSDP (`clip_sharded_grad_norm_` over shards)
+    clip like one process does."""
+    ref = metrics(single_run_default_optim)
+    assert all(ref[s]["grad_norm"] > 1.0 for s in (1, 2, 3)), ref  # the clipping branch runs at every step
+    run(torchrun(*train_cmd(tmp_path, *DEFAULT_OPTIM, *overrides)))
+    assert_same_run(tmp_path / "run", single_run_default_optim, [1, 2, 3], 3, noise_step=LR)
 
 
 @pytest.mark.slow

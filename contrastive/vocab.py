@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import warnings
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -20,6 +20,7 @@ from typing import Callable
 from .config import ConfigError, DataConfig, ModelConfig
 
 MAX_CAPTIONS = 200_000  # captions read to learn the vocabulary and measure lengths (a seeded sample beyond that)
+MAX_SHARD_CAPTIONS = 50_000  # of webdataset shards: the first ones (reading a shard reads its images too)
 MAX_AUTO_CONTEXT = 77  # CLIP's context; auto never picks more
 AUTO_COVERAGE = 0.999  # share of captions the auto context must hold whole
 TRUNCATION_WARN = 0.01  # warn when more than this share of the captions is cut
@@ -60,13 +61,33 @@ def training_captions(data_cfg: DataConfig, limit: int = MAX_CAPTIONS, seed: int
             random.Random(seed).sample(range(len(ds)), limit))[data_cfg.caption_key]
         captions = [c for v in column for c in (v if isinstance(v, (list, tuple)) else [v])
                     if isinstance(c, str) and c.strip()]
+    elif fmt == "webdataset":
+        captions = _shard_captions(data_cfg, min(limit, MAX_SHARD_CAPTIONS))
     else:
-        raise ConfigError(f"model.tokenizer=auto learns from tables and HF datasets, not {fmt} shards: train one with "
-                          "`contrastive tokenizer train --data CAPTIONS.txt` and set model.tokenizer=bpe:<dir>")
+        raise ConfigError(f"data.format={fmt!r}: cannot read its captions")
     if not captions:
-        raise ConfigError(f"model.tokenizer=auto: {data_cfg.train} holds no usable caption")
+        raise ConfigError(f"{data_cfg.train} holds no usable caption (data.caption_key={data_cfg.caption_key!r})")
     if len(captions) > limit:
         captions = random.Random(seed).sample(captions, limit)
+    return captions
+
+
+def _shard_captions(data_cfg: DataConfig, limit: int) -> list[str]:
+    """The first `limit` captions of the shards, in shard order (each shard read from its start)."""
+    from .data.shards import DEFAULT_CAPTION_EXTS, _exts, expand_shards, iter_groups
+
+    exts = _exts(data_cfg.caption_key, "caption", DEFAULT_CAPTION_EXTS)
+    captions: list[str] = []
+    for url in expand_shards(data_cfg.train):
+        for _, group in iter_groups(url):
+            for ext in exts:
+                if group is not None and ext in group:
+                    text = group[ext].decode("utf-8", errors="replace").strip()
+                    if text:
+                        captions.append(text)
+                    break
+            if len(captions) >= limit:
+                return captions
     return captions
 
 
@@ -122,9 +143,9 @@ def prepare_text(model_cfg: ModelConfig, data_cfg: DataConfig, saved_tokenizer: 
     tokenizer = _with_context(tokenizer, context)
     report = CaptionReport(len(lengths), context, sum(n > context for n in lengths), max(lengths), tokenizer.vocab_size)
     if report.truncated_fraction > TRUNCATION_WARN:
-        warnings.warn(f"{100 * report.truncated_fraction:.1f}% of the training captions are longer than "
-                      f"model.context_length={context} tokens and will be cut (longest {report.longest}); raise it "
-                      "or set model.context_length=0 to fit it to the captions", stacklevel=2)
+        print(f"warning: {100 * report.truncated_fraction:.1f}% of the training captions are longer than "
+              f"model.context_length={context} tokens and will be cut (longest {report.longest}); raise it or set "
+              "model.context_length=0 to fit it to the captions", file=sys.stderr, flush=True)
     return dataclasses.replace(model_cfg, context_length=context), tokenizer, report
 
 

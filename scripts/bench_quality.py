@@ -52,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", default=str(ROOT / "configs/shapes_tiny.yaml"), help="the toolkit's recipe")
     p.add_argument("--epochs", type=int, default=0, help="epochs for both (0: the toolkit config's; the peer gets the same)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--peer-seeds", type=int, nargs="*", default=None, help="seeds of the peer (default: --seeds)")
     p.add_argument("--peer-lr", type=float, default=5e-4, help="OpenCLIP's learning rate (at 1e-3 it collapses on icons)")
     p.add_argument("--no-peer", action="store_true", help="train the toolkit only")
     p.add_argument("--peer-from", default="", help="reuse the peer runs of an earlier results.json (same data, seeds, epochs)")
@@ -60,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--name", default="", help="label of the toolkit contender (default: the config's stem)")
     p.add_argument("--output", default=str(ROOT / "docs/benchmarks.md"), help="markdown file to append to ('' = none)")
     p.add_argument("--plot", default="", help="PNG of held-out R@1 against seconds (default docs/images/quality_<data>_<name>.png)")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)
     if a.epochs < 0 or a.curve_every < 1:
         p.error("--epochs must be >= 0 and --curve-every >= 1")
     return a
@@ -240,13 +241,13 @@ def markdown(a, data: Path, results: dict[str, list[dict]], toolkit_label: str, 
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     argv = " ".join(shlex.quote(x) for x in sys.argv[1:])
     lines = [f"### {data.name}: {toolkit_label} vs {peer_label or '-'} ({when})", "",
-             f"`python scripts/bench_quality.py {argv}` on {machine()}; seeds {a.seeds}; mean of seeds, percent.", "",
-             "| contender | epochs | train s (median) | train t→i R@1 | test t→i R@1 | test t→i R@5 | test t→i R@10 | "
-             "test i→t R@1 | test i→t R@10 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"`python scripts/bench_quality.py {argv}` on {machine()}; mean over each contender's seeds, percent.", "",
+             "| contender | seeds | epochs | train s (median) | train t→i R@1 | test t→i R@1 | test t→i R@5 | test t→i R@10 | "
+             "test i→t R@1 | test i→t R@10 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     means = {label: mean_over_seeds(runs) for label, runs in results.items()}
     for label, runs in results.items():
         m = means[label]
-        lines.append(f"| {label} | {runs[0]['epochs']} | {m['train_s']:.0f} | {m['train']['t2i_R@1']:.2f} | "
+        lines.append(f"| {label} | {', '.join(str(r['seed']) for r in runs)} | {runs[0]['epochs']} | {m['train_s']:.0f} | {m['train']['t2i_R@1']:.2f} | "
                      f"{m['test']['t2i_R@1']:.2f} | {m['test']['t2i_R@5']:.2f} | {m['test']['t2i_R@10']:.2f} | "
                      f"{m['test']['i2t_R@1']:.2f} | {m['test']['i2t_R@10']:.2f} |")
     if peer_label:
@@ -256,7 +257,8 @@ def markdown(a, data: Path, results: dict[str, list[dict]], toolkit_label: str, 
                       f"test t→i R@10 {ratio('test', 't2i_R@10'):.2f}×, test i→t R@10 {ratio('test', 'i2t_R@10'):.2f}×, "
                       f"train t→i R@1 {ratio('train', 't2i_R@1'):.2f}×; wall time {t['train_s'] / p['train_s']:.2f}×."]
         # equal wall clock: each toolkit run at the peer's time, from its curve
-        same = [at_seconds(r["curve"], q["train_s"]) for r, q in zip(results[toolkit_label], results[peer_label])]
+        same = [at_seconds(r["curve"], statistics.median(q["train_s"] for q in results[peer_label]))
+                for r in results[toolkit_label]]
         if all(same):
             r1 = statistics.mean(s["test"]["t2i_R@1"] for s in same)
             base = p["test"]["t2i_R@1"]
@@ -294,10 +296,14 @@ def main(argv=None) -> None:
     peer_label = None if a.no_peer else f"OpenCLIP lr {a.peer_lr:g}"
     if peer_label:
         results[peer_label] = []
-    for seed in a.seeds:
-        r = toolkit(a, data, work, seed, splits)
-        print(json.dumps({k: v for k, v in r.items() if k != "curve"}), flush=True)
-        results[label].append(r)
+    peer_seeds = a.seeds if a.peer_seeds is None else a.peer_seeds
+    for seed in sorted(set(a.seeds) | set(peer_seeds)):
+        if seed in a.seeds:
+            r = toolkit(a, data, work, seed, splits)
+            print(json.dumps({k: v for k, v in r.items() if k != "curve"}), flush=True)
+            results[label].append(r)
+        if seed not in peer_seeds:
+            continue
         if peer_label and a.peer_from:
             earlier = json.loads(Path(a.peer_from).read_text())
             q = next((q for q in earlier.get(peer_label, []) if q["seed"] == seed), None)
@@ -305,7 +311,7 @@ def main(argv=None) -> None:
                 raise SystemExit(f"{a.peer_from} holds no '{peer_label}' run of seed {seed}")
             results[peer_label].append(q)
         elif peer_label:
-            q = peer(a, data, work, seed, r["epochs"], splits)
+            q = peer(a, data, work, seed, results[label][0]["epochs"], splits)
             print(json.dumps({k: v for k, v in q.items() if k != "curve"}), flush=True)
             results[peer_label].append(q)
     (work / "results.json").write_text(json.dumps(results, indent=1))

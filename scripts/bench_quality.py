@@ -226,15 +226,9 @@ def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
 
 
 def machine() -> str:
-    cpu = "cpu"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    from contrastive.benchmark import machine_description
+
+    return machine_description(torch.device("cpu"))
 
 
 def markdown(a, data: Path, results: dict[str, list[dict]], toolkit_label: str, peer_label: str | None) -> str:

@@ -21,10 +21,14 @@ def create_model(cfg: ModelConfig, tokenizer=None) -> tuple[ContrastiveModel, Ca
     """Build (model, tokenizer) from a model config. Built-in text towers take their vocabulary and special tokens
     from the tokenizer."""
     if tokenizer is None:
-        if cfg.tokenizer == "auto" or cfg.context_length == 0:
-            raise ConfigError("model.tokenizer=auto and model.context_length=0 are learned from the training captions: "
-                              "build the tokenizer with contrastive.vocab.prepare_text(model_cfg, data_cfg) and pass it")
+        if cfg.tokenizer == "auto":
+            raise ConfigError("model.tokenizer=auto is learned from the training captions: build the tokenizer with "
+                              "contrastive.vocab.prepare_text(model_cfg, data_cfg) and pass it, or name one "
+                              "(byte, bpe:<file>, hf:<dir or id>)")
+        # context 0 is fitted to the training captions when a run starts; without them: 77, or an HF tokenizer's limit
         tokenizer = build_tokenizer(cfg.tokenizer, cfg.context_length, cfg.trust_remote_code)
+    if cfg.context_length == 0:
+        cfg = dataclasses.replace(cfg, context_length=tokenizer.context_length)
     image_args = dict(cfg.image_encoder_args)
     text_args = dict(cfg.text_encoder_args)
     if encoder_modality(cfg.image_encoder) == "image":

@@ -35,6 +35,8 @@ class HFTokenizer:
             raise FileNotFoundError(f"tokenizer '{self.spec}': cannot load ({str(e).splitlines()[0][:200]})") from None
         tok = self.hf_tokenizer
         max_len = getattr(tok, "model_max_length", None)
+        if context_length <= 0:  # not fitted to captions: CLIP's 77, or less where the tokenizer allows less
+            context_length = min(77, max_len) if max_len else 77
         if max_len is not None and max_len < context_length:
             raise ValueError(f"context length {context_length} exceeds the tokenizer's limit {max_len} ({self.spec})")
         self.context_length = context_length

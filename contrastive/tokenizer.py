@@ -119,6 +119,8 @@ class TextTokenizer:
 def build_tokenizer(spec: str, context_length: int, trust_remote_code: bool = False):
     """`byte` | `bpe:<tokenizer.json>` | `hf:<dir or id>` -> a callable tokenizer. `trust_remote_code` lets an HF
     tokenizer run code shipped with it."""
+    if context_length <= 0 and not spec.startswith("hf:"):
+        context_length = 77
     if spec == "byte":
         return TextTokenizer(byte_level_tokenizer(), context_length, spec)
     if spec.startswith("bpe:"):

@@ -142,7 +142,9 @@ def recover_replaced(run_dir: Path) -> None:
     aside = replaced_path(run_dir)
     if not aside.is_dir() or run_dir in _REPLACED:
         return
-    if latest_checkpoint(run_dir / "checkpoints") is not None:
+    from .checkpoint import list_checkpoints
+
+    if (run_dir / "checkpoints").is_dir() and list_checkpoints(run_dir / "checkpoints"):  # it wrote one: it started
         shutil.rmtree(aside, ignore_errors=True)
         return
     if run_dir.exists():

@@ -309,7 +309,7 @@ def test_hf_save_to_disk_trains_and_counts_truncation(tmp_path):
     ds = ds.cast_column("img", datasets.Image())
     datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "hf"))
     run = train(tiny(tmp_path, f"data.train={tmp_path / 'hf'}", "data.image_key=img", "data.caption_key=text",
-                     "train.batch_size=32", "train.max_steps=2", "model.context_length=24"))
+                     "train.batch_size=32", "train.max_steps=2", "model.context_length=24", "model.tokenizer=byte"))
     summary = json.loads((run / "summary.json").read_text())["data"]
     tok = build_tokenizer("byte", 24)
     tok([c for _, c in rows])

@@ -19,7 +19,8 @@ SMALL = ["model.image_encoder_args={layers: 1, width: 32, heads: 2}",
 
 
 def small_setup(fused: bool):
-    cfg = load_config(ROOT / "configs/shapes_tiny.yaml", [*SMALL, f"optim.fused={fused}"])
+    cfg = load_config(ROOT / "configs/shapes_tiny.yaml", [*SMALL, f"optim.fused={fused}", "model.tokenizer=byte",
+                                                          "model.context_length=64"])
     model, tokenizer = create_model(cfg.model)
     return cfg, model, tokenizer
 

@@ -141,10 +141,27 @@ def test_export_hf_and_mixed_towers_to_dual_encoder(tmp_path):
         torch.testing.assert_close(again.encode_text(tok2(CAPTIONS)), model.encode_text(tokenizer(CAPTIONS)), rtol=0, atol=1e-6)
 
 
-def test_export_refuses_poolings_transformers_cannot_apply(tmp_path):
+def test_export_of_a_mean_pooled_text_tower_adds_a_sentence_transformers_folder(tmp_path):
+    """transformers' dual encoder applies BERT's pooler; the mean-pooled text side goes out through
+    sentence-transformers with the model's own text embeddings."""
+    from sentence_transformers import SentenceTransformer
+
     bert = save_tower("bert", tmp_path / "bert")
     run = small_run(tmp_path, f"model.text_encoder=hf:{bert}", f"model.tokenizer=hf:{bert}", "model.context_length=32",
                     "model.text_encoder_args={pooling: mean}")
+    diffs = export_hf(run, tmp_path / "export")
+    assert diffs["text"] < 1e-5 and diffs["image"] < 1e-5
+    model, _, tokenizer = contrastive.load(run)
+    with torch.no_grad():
+        ours = model.encode_text(tokenizer(CAPTIONS))
+    theirs = SentenceTransformer(str(tmp_path / "export" / "text_sentence_transformers"), device="cpu").encode(
+        CAPTIONS, convert_to_tensor=True)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_export_refuses_image_poolings_transformers_cannot_apply(tmp_path):
+    vit = save_tower("vit", tmp_path / "vit")
+    run = small_run(tmp_path, f"model.image_encoder=hf:{vit}", "model.image_encoder_args={pooling: mean}")
     with pytest.raises(CheckpointError, match="pooling=pooler"):
         export_hf(run, tmp_path / "export")
 

@@ -74,8 +74,9 @@ def test_lit_recipe_trains_keeps_the_locked_tower_and_exports(tmp_path):
         ours = model.encode_text(tokenizer(captions))
     torch.testing.assert_close(ours, st.encode(captions, convert_to_tensor=True), rtol=0, atol=1e-5)
     # the locked tower kept its pretrained mean-pooled sentence embeddings: the projection is all that was learned
-    base = SentenceTransformer(str(minilm_dir()), device="cpu").encode(captions, convert_to_tensor=True)
-    projected = torch.nn.functional.normalize(base @ model.text_projection.weight.T, dim=-1)
+    base = SentenceTransformer(str(minilm_dir()), device="cpu").encode(captions, convert_to_tensor=True).clone()
+    with torch.no_grad():
+        projected = torch.nn.functional.normalize(base @ model.text_projection.weight.T, dim=-1)
     torch.testing.assert_close(ours, projected, rtol=0, atol=1e-5)
 
 

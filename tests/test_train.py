@@ -188,7 +188,7 @@ def test_resume_picks_only_this_configs_own_runs(tmp_path):
 
 
 def test_a_bad_model_setting_fails_in_one_line_before_the_run_directory(tmp_path):
-    with pytest.raises(contrastive.ConfigError, match="^model: unknown tokenizer 'wordpiece'") as e:
+    with pytest.raises(contrastive.ConfigError, match="^model.tokenizer: unknown tokenizer 'wordpiece'") as e:
         train(tiny_cfg(tmp_path, "train.batch_size=32", "train.max_steps=1", "data.val=", "model.tokenizer=wordpiece"))
     assert "\n" not in str(e.value)
     assert not (tmp_path / "run").exists()

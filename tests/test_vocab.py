@@ -69,7 +69,7 @@ def test_training_captions_flatten_lists_and_sample(tmp_path):
 def test_auto_without_data_is_a_config_error():
     from contrastive.factory import create_model
 
-    with pytest.raises(ConfigError, match="learned from the training captions"):
+    with pytest.raises(ConfigError, match="tokenizer=auto is learned from the training captions"):
         create_model(ModelConfig(tokenizer="auto"))
 
 

@@ -352,8 +352,10 @@ def init_weights_from(model: ContrastiveModel, source: str) -> None:
 def _prepare_text(cfg: Config, info: DistInfo):
     """(model config with its context resolved, tokenizer, caption report). A resumed run keeps the vocabulary and
     context its checkpoint was trained with; under torchrun every rank takes the main process's vocabulary."""
+    from tokenizers import Tokenizer
+
     from .checkpoint import read_meta
-    from .tokenizer import load_tokenizer_file
+    from .tokenizer import TextTokenizer, build_tokenizer
     from .vocab import prepare_text
 
     model_cfg, saved = cfg.model, None
@@ -365,23 +367,18 @@ def _prepare_text(cfg: Config, info: DistInfo):
                 model_cfg = dataclasses.replace(model_cfg, context_length=int(read_meta(ckpt)["config"]["model"]["context_length"]))
             except (CheckpointError, KeyError, TypeError, ValueError):
                 pass
-    result = prepare_text(model_cfg, cfg.data, saved) if info.is_main or not info.enabled else None
-    if info.enabled:
-        shared = broadcast_object(None if result is None else (result[0], result[2], getattr(result[1], "tokenizer", None)
-                                                                and result[1].tokenizer.to_str()), info)
-        if result is None:
-            model_cfg, report, vocab = shared
-            if vocab:
-                import tempfile
-
-                with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-                    f.write(vocab)
-                tokenizer = load_tokenizer_file(f.name, model_cfg.context_length)
-                Path(f.name).unlink()
-            else:
-                _, tokenizer, _ = prepare_text(model_cfg, cfg.data)
-            result = (model_cfg, tokenizer, report)
-    return result
+    if not info.enabled:
+        return prepare_text(model_cfg, cfg.data, saved)
+    # the main process reads the captions once; the others take its context and, for a vocabulary of the toolkit's
+    # own, that vocabulary itself
+    ours = prepare_text(model_cfg, cfg.data, saved) if info.is_main else None
+    vocab = ours[1].tokenizer.to_str() if ours is not None and isinstance(ours[1], TextTokenizer) else None
+    model_cfg, report, vocab = broadcast_object(None if ours is None else (ours[0], ours[2], vocab), info)
+    if ours is not None:
+        return ours
+    if vocab is not None:
+        return model_cfg, TextTokenizer(Tokenizer.from_str(vocab), model_cfg.context_length, model_cfg.tokenizer), report
+    return model_cfg, build_tokenizer(model_cfg.tokenizer, model_cfg.context_length, model_cfg.trust_remote_code), report
 
 
 def train(cfg: Config) -> Path:

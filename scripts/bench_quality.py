@@ -128,8 +128,7 @@ def toolkit(a, data: Path, work: Path, seed: int, splits: dict) -> dict:
     epochs = a.epochs or (base.train.epochs if base.train.max_steps <= 0 else 0)
     if not epochs:
         raise SystemExit("the toolkit config sets train.max_steps; give --epochs so both contenders train alike")
-    steps_per_epoch = sum(1 for _ in open(data / "train.csv")) - 1
-    steps_per_epoch //= base.train.batch_size
+    steps_per_epoch = len(splits["train"][0]) // base.train.batch_size  # rows as the CSV reader counts them
     overrides = a.overrides + [
         f"data.train={data / 'train.csv'}", "data.val=", f"train.epochs={epochs}", "train.max_steps=0",
         f"train.seed={seed}", f"train.output_dir={work}", f"train.run_name={name}", "train.overwrite=true",

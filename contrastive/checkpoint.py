@@ -28,18 +28,11 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from .config import error_line
 from safetensors.torch import load_file, save_file
 
+from .errors import CheckpointError, CheckpointWriteError, error_line
+
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.pt", "meta.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, incomplete or unsafe (reported in one line)."""
-
-
-class CheckpointWriteError(CheckpointError):
-    """Writing a checkpoint failed (disk full, permission denied, ...); earlier checkpoints are untouched."""
 
 
 DELAY_ENV = "CONTRASTIVE_CHECKPOINT_WRITE_DELAY"
@@ -118,7 +111,7 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, state: dict[str, An
             shutil.rmtree(old, ignore_errors=True)
         atomic_write_text(directory.parent / "latest", directory.name + "\n")
     except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports write failures as RuntimeError
-        reason = error_line(e)[:200] or type(e).__name__
+        reason = error_line(e, 200) or type(e).__name__
         raise CheckpointWriteError(f"could not write checkpoint {directory} ({reason})") from e
     finally:
         if tmp is not None:
@@ -233,7 +226,7 @@ def load_state(path: Path) -> dict[str, Any]:
         if "weights only load failed" in str(e).lower():  # torch's hint here (load it unsafely) is the wrong advice
             raise CheckpointError(f"{path / STATE_FILE}: refused: it holds objects that are not plain tensors or "
                                   "containers (a pickled payload could run code), so it will not be loaded") from None
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else error_line(e)[:200] or type(e).__name__
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else error_line(e, 200) or type(e).__name__
         raise CheckpointError(f"{path / STATE_FILE}: unreadable ({reason})") from None
 
 

@@ -56,12 +56,10 @@ def device_option(spec: str) -> str:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data import DataError
-    from .train import RunError
+    """What the CLI reports in one line (exit code 2): every `errors.UserError` and file-system errors."""
+    from .errors import USER_ERRORS
 
-    return (ConfigError, DataError, CheckpointError, RunError, OSError)
+    return USER_ERRORS
 
 
 @command("train", "train a model from a YAML config with key.sub=value overrides")
@@ -108,7 +106,7 @@ def rank_command(argv: list[str]) -> int:
     args.device = device_option(args.device)
     import json
 
-    from .config import ConfigError
+    from .errors import ConfigError
     from .evaluate import read_lines
     from .factory import load
     from .rank import format_rankings, rankings_from_scores, rankings_to_json, score_captions
@@ -237,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[name][1](rest)
     except user_errors() as e:
-        from .config import error_line
+        from .errors import error_line
 
         msg = error_line(e) or type(e).__name__
         print(f"contrastive {name}: error: {msg}", file=sys.stderr)

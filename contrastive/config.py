@@ -20,14 +20,7 @@ from typing import Any
 import yaml
 
 
-class ConfigError(ValueError):
-    """A user mistake in a config file or override (reported in one line, exit code 2)."""
-
-
-def error_line(e: BaseException) -> str:
-    """The first line of an error's message ("" when it has none): what one-line reports show of it."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else ""
+from .errors import ConfigError, error_line  # noqa: F401  (error_line: importable from here as before)
 
 
 @dataclass
@@ -458,7 +451,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             loaded = yaml.safe_load(path.read_text())
         except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"{path} is not valid YAML: {error_line(e)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

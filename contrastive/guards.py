@@ -95,7 +95,7 @@ def save_or_report(write: Callable[[], Path], step: int, checkpoint_dir: Path, o
 def parse_device(spec: str, key: str = "train.device") -> torch.device:
     """`cpu`, `cuda` or `cuda:N` (a GPU that exists) as a torch.device; anything else is a ConfigError naming `key`.
     (`auto` is resolved by the caller.)"""
-    from .config import ConfigError
+    from .errors import ConfigError
 
     try:
         device = torch.device(spec)
@@ -127,7 +127,7 @@ def check_inputs(cfg: Config) -> None:
 def check_encoder_settings(cfg: Config) -> None:
     """Encoder arguments that cannot build a tower (unknown names, wrong types, sizes out of range, combinations
     such as heads that do not divide the width) fail here, in one line, before any data is read."""
-    from .config import ConfigError
+    from .errors import ConfigError
     from .encoders import encoder_modality
     from .encoders.registry import check_encoder_args
 

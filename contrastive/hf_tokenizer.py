@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import error_line
+
 
 class HFTokenizer:
     """Wraps `transformers.AutoTokenizer.from_pretrained(path)` with a fixed length, padding and truncation."""
@@ -32,7 +34,7 @@ class HFTokenizer:
             if "trust_remote_code" in str(e) and not trust_remote_code:
                 raise FileNotFoundError(f"tokenizer '{self.spec}': cannot load without running the code it ships; "
                                         "set model.trust_remote_code=true only if you trust it") from None
-            raise FileNotFoundError(f"tokenizer '{self.spec}': cannot load ({str(e).splitlines()[0][:200]})") from None
+            raise FileNotFoundError(f"tokenizer '{self.spec}': cannot load ({error_line(e, 200)})") from None
         tok = self.hf_tokenizer
         max_len = getattr(tok, "model_max_length", None)
         if context_length <= 0:  # not fitted to captions: CLIP's 77, or less where the tokenizer allows less

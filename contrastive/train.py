@@ -30,7 +30,8 @@ from .checkpoint import (
     remove_partial_checkpoints,
     save_checkpoint,
 )
-from .config import Config, ConfigError, config_to_dict, error_line, save_config
+from .config import Config, config_to_dict, save_config
+from .errors import ConfigError, RunError, error_line
 from .data import TrainData, build_transform, read_records
 from .data.prefetch import device_batches
 from .distributed import (
@@ -60,10 +61,6 @@ from .model import ContrastiveModel
 from .optim import build_optimizer, lr_at, set_lr
 from .signals import GracefulStop, Interrupted
 from .speed import set_fused_qkv, set_pooled_last_block, step_loss_fn
-
-
-class RunError(RuntimeError):
-    """A run that cannot start or continue for a reason the user can fix (reported in one line)."""
 
 
 def resolve_device(spec: str, info: DistInfo) -> torch.device:

@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from contrastive import benchmark as B  # noqa: E402
+import speedbench as B  # noqa: E402  (scripts/, beside this file)
 
 CPU_VARIANTS = "plain,+foreach_adamw,+fused_adamw,+fused_qkv,+pooled_last_block,+trim_padding,default,default+sync"
 CUDA_VARIANTS = "plain,+fused_adamw,+fused_qkv,+pooled_last_block,+trim_padding,default,default+sync,default+compile"

@@ -225,7 +225,7 @@ def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
 
 
 def machine() -> str:
-    from contrastive.benchmark import machine_description
+    from speedbench import machine_description  # scripts/, beside this file
 
     return machine_description(torch.device("cpu"))
 

@@ -3,18 +3,22 @@
 import copy
 import itertools
 import statistics
+import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from contrastive import benchmark as B
 from contrastive.encoders.transformer import Attention
 from contrastive.encoders.text import TextTransformer
 from contrastive.encoders.vit import VisionTransformer
 from contrastive.speed import set_fused_qkv, set_pooled_last_block, step_loss_fn
 from contrastive.train import compute_loss, train_step
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import speedbench as B  # noqa: E402
 
 # a spec small enough for many steps on a busy CPU
 MICRO = B.BenchSpec(image_size=16, patch_size=8, vision_width=32, vision_layers=2, vision_heads=2, text_width=32,

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from ..errors import DataError  # noqa: F401  (raised here; importable from contrastive.data)
+
 # reason -> what the user is told
 REASONS: dict[str, str] = {
     "missing_file": "image file not found",
@@ -25,10 +27,6 @@ REASONS: dict[str, str] = {
     "bad_text": "caption is not valid UTF-8 text",
     "missing_columns": "row lacks the image or caption column",
 }
-
-
-class DataError(ValueError):
-    """A user-caused data problem (missing file, bad columns, too many bad samples) reported in one line."""
 
 
 class BadSample(Exception):

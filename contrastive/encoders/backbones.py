@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import error_line
 from .registry import register_source
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -20,7 +21,7 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from .safetensors, or from a torch file loaded weights-only (no code runs)."""
-    from ..config import ConfigError
+    from ..errors import ConfigError
 
     path = Path(path)
     if not path.is_file():
@@ -37,7 +38,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _load_backbone_weights(model: nn.Module, path: str | Path, name: str) -> None:
-    from ..config import ConfigError
+    from ..errors import ConfigError
 
     state = read_state_dict(path)
     own = model.state_dict()
@@ -120,7 +121,7 @@ def _zoo_blocks(model: nn.Module) -> list[nn.Module]:
 
 def _source(cls):
     def build(spec: str, *, modality: str | None = None, **overrides) -> nn.Module:
-        from ..config import ConfigError
+        from ..errors import ConfigError
 
         if modality not in (None, "image"):
             raise ConfigError(f"{cls.__name__} towers are image towers, not {modality}")
@@ -128,7 +129,7 @@ def _source(cls):
         try:
             return cls(spec, **overrides)
         except (RuntimeError, ValueError) as e:
-            raise ConfigError(f"{spec}: {str(e).splitlines()[0][:200]}") from None
+            raise ConfigError(f"{spec}: {error_line(e, 200)}") from None
 
     return build
 

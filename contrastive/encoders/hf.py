@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import error_line
 from .registry import register_source
 
 # hub id -> (importable package, model folder inside it): models that ship offline on PyPI
@@ -227,7 +228,7 @@ class HFTower(nn.Module):
 def _config_from_dict(values: dict[str, Any]):
     from transformers import AutoConfig
 
-    from ..config import ConfigError
+    from ..errors import ConfigError
 
     values = dict(values)
     kind = values.pop("model_type")
@@ -264,12 +265,12 @@ def build_hf_model(spec: str, modality: str, hf_config: dict[str, Any] | None = 
 
         return AutoModel.from_config(AutoConfig.from_pretrained(path, **trust), **trust), None
     except (OSError, ValueError) as e:
-        from ..config import ConfigError
+        from ..errors import ConfigError
 
         if "trust_remote_code" in str(e) and not trust_remote_code:
             raise ConfigError(f"hf:{spec}: cannot load without running the modelling code it ships; "
                               "set model.trust_remote_code=true only if you trust it") from None
-        raise ConfigError(f"hf:{spec}: cannot load ({str(e).splitlines()[0][:200]})") from None
+        raise ConfigError(f"hf:{spec}: cannot load ({error_line(e, 200)})") from None
 
 
 def hf_source(spec: str, *, modality: str | None = None, pooling: str = "auto", hf_config: dict | None = None,
@@ -278,7 +279,7 @@ def hf_source(spec: str, *, modality: str | None = None, pooling: str = "auto", 
     """Registry source for `hf:` names. `hf_config` (a config dict saved with a checkpoint) rebuilds the tower
     without its directory; `pretrained=False` keeps the architecture with random weights. Tokenizer-derived
     arguments the factory passes to every text tower (`vocab_size`, `pad_token_id`, ...) are ignored."""
-    from ..config import ConfigError
+    from ..errors import ConfigError
 
     if modality not in ("image", "text"):
         raise ConfigError(f"hf:{spec}: say which tower it is (modality image or text)")

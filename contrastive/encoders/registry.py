@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 from torch import nn
 
+from ..errors import error_line
+
 _BUILDERS: dict[str, tuple[str, Callable[..., nn.Module]]] = {}
 _SOURCES: dict[str, Callable[..., nn.Module]] = {}
 
@@ -149,5 +151,4 @@ def check_encoder_args(name: str, args: dict[str, Any], build: bool = False) -> 
             with torch.device("meta"):
                 _BUILDERS[name][1](**args)
         except (ValueError, TypeError, RuntimeError) as e:
-            text = str(e).strip()
-            raise ValueError(f"'{name}': {text.splitlines()[0] if text else type(e).__name__}") from None
+            raise ValueError(f"'{name}': {error_line(e) or type(e).__name__}") from None

@@ -1,4 +1,5 @@
-"""Training-speed benchmark: this toolkit's train step against OpenCLIP's, alternating in one process.
+"""Training-speed benchmark: this toolkit's train step against OpenCLIP's, alternating in one process (the
+harness behind `scripts/bench.py`; it lives beside the scripts, outside the library).
 
 A *contender* is one way of running a training step (a model, its optimizer and a step function). All contenders
 of a run share one architecture size (`BenchSpec`), batch, precision and AdamW settings, and run in turns — one
@@ -21,12 +22,12 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from .config import Config, LossConfig, OptimConfig, TrainConfig
-from .encoders import TextTransformer, VisionTransformer
-from .model import ContrastiveModel
-from .optim import build_optimizer, param_groups
-from .speed import set_fused_qkv, set_pooled_last_block, step_loss_fn
-from .train import compute_loss, train_step
+from contrastive.config import Config, LossConfig, OptimConfig, TrainConfig
+from contrastive.encoders import TextTransformer, VisionTransformer
+from contrastive.model import ContrastiveModel
+from contrastive.optim import build_optimizer, param_groups
+from contrastive.speed import set_fused_qkv, set_pooled_last_block, step_loss_fn
+from contrastive.train import compute_loss, train_step
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,7 @@ def synthetic_batch(spec: BenchSpec, device: torch.device, seed: int = 0,
     `trim_length` is the width `data.trim_padding` cuts the batch to; toolkit contenders with that switch use it,
     OpenCLIP (whose tokenizer always pads to the context) gets the padded tokens.
     """
-    from .data.loader import padded_length
+    from contrastive.data.loader import padded_length
 
     g = torch.Generator().manual_seed(seed)
     B, T = spec.batch_size, spec.context_length
@@ -243,11 +244,11 @@ def loader_batches(data: str, spec: BenchSpec, device: torch.device, num_workers
                    copy_stream: bool = True) -> Iterator[dict[str, Any]]:
     """Endless batches of real images and captions through the training loader (transforms, tokenizer, workers),
     padded to the context as OpenCLIP's are; `trim_length` tells toolkit contenders where their loader would cut."""
-    from .config import DataConfig, ModelConfig
-    from .data import TrainData
-    from .data.loader import padded_length
-    from .tokenizer import build_tokenizer
-    from .data.prefetch import device_batches
+    from contrastive.config import DataConfig, ModelConfig
+    from contrastive.data import TrainData
+    from contrastive.data.loader import padded_length
+    from contrastive.tokenizer import build_tokenizer
+    from contrastive.data.prefetch import device_batches
 
     if spec.vocab_size < 259:
         raise ValueError("end-to-end mode uses the byte tokenizer, which needs vocab_size >= 259")

@@ -18,6 +18,7 @@ are compared with the toolkit's on a small batch.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
 
@@ -27,6 +28,7 @@ from .config import ModelConfig
 VERIFY_ATOL = 1e-5
 ST_POOLINGS = ("mean", "cls")  # HF text poolings written as a sentence-transformers folder beside the dual encoder
 ST_FOLDER = "text_sentence_transformers"
+T = TypeVar("T")
 
 
 def _model_config(path: Path) -> ModelConfig:
@@ -197,10 +199,6 @@ def export_hf(checkpoint: str | Path, output: str | Path, verify: bool = True, o
     `output` must be new or empty and outside any run or checkpoint unless `overwrite`; never the source itself.
     The files are written and verified in a hidden sibling folder that is then renamed into place, so a failed
     export leaves `output` as it was."""
-    import os
-    import shutil
-    import tempfile
-
     from .factory import load
 
     checkpoint, output = Path(checkpoint), Path(output)
@@ -208,12 +206,22 @@ def export_hf(checkpoint: str | Path, output: str | Path, verify: bool = True, o
     model, _, tokenizer = load(checkpoint)
     cfg = _model_config(checkpoint)
     hf_model, processor = to_transformers(model, tokenizer, cfg)
+    return write_folder(output, lambda tmp: _write_and_verify(model, tokenizer, hf_model, processor, cfg, tmp, verify))
+
+
+def write_folder(output: Path, write: Callable[[Path], T]) -> T:
+    """`write(tmp)` into a hidden sibling folder of `output`, then rename it into place (an existing `output` is
+    moved aside, not deleted, until then), so a failed or interrupted write leaves `output` as it was."""
+    import os
+    import shutil
+    import tempfile
+
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
     try:
-        diffs = _write_and_verify(model, tokenizer, hf_model, processor, cfg, tmp, verify)
+        result = write(tmp)
         old = None
-        if output.exists():  # moved aside, not deleted, until the new folder is in place
+        if output.exists():
             old = output.with_name(f".{output.name}.old-{os.getpid()}")
             os.replace(output, old)
         os.replace(tmp, output)
@@ -221,7 +229,7 @@ def export_hf(checkpoint: str | Path, output: str | Path, verify: bool = True, o
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return diffs
+    return result
 
 
 def _write_and_verify(model, tokenizer, hf_model, processor, cfg: ModelConfig, folder: Path,

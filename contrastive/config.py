@@ -116,11 +116,33 @@ class TrainConfig:
     progress_bar: bool = True  # tqdm progress bar
     on_checkpoint_error: str = "stop"  # a failed checkpoint write: stop (exit 2) | continue (warn; the final one must work)
     max_nan_steps: int = 20  # stop after this many steps in a row with a NaN/inf loss or gradient (each is skipped)
+    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights with this decay (0 = off)
+    ema_warmup: bool = True  # EMA decay warms up as min(ema_decay, (1 + n) / (10 + n)) over its first updates n
+    ema_every_n_steps: int = 1  # EMA update period in optimizer steps
 
 
 # eval metrics that can pick the best checkpoint (higher is better), by task
 _BEST_METRICS = {"retrieval": r"(image|text)_retrieval_recall@(1|5|10)|caption_ranking_acc1",
                  "zeroshot": r"acc1|acc5|mean_per_class_recall"}
+
+
+@dataclass
+class ReferenceConfig:
+    """A held-out set that stands for what the starting model already knew (forgetting is measured on it). On the
+    command line or in a YAML list a plain path is a retrieval table."""
+
+    data: str = ""  # CSV/TSV/JSONL table, image paths relative to it
+    task: str = "retrieval"  # retrieval (captions) or zeroshot (a class column)
+    name: str = ""  # name in the logged keys when there are several sets (default: <folder>/<file stem>)
+    caption_key: str = ""  # retrieval: caption column (default: captions in JSONL, else caption)
+    image_key: str = "image"  # column with image paths
+    class_key: str = "label"  # zeroshot: column holding each image's class
+    classes: str = ""  # zeroshot: class names file, one per line (default: the column's distinct values)
+    templates: str = ""  # zeroshot: prompt templates file with {} (default: the built-in set)
+
+    @classmethod
+    def from_string(cls, value: str) -> "ReferenceConfig":
+        return cls(data=value)
 
 
 @dataclass
@@ -131,6 +153,16 @@ class EvalConfig:
     zeroshot_class_key: str = ""  # column holding the class for zero-shot accuracy
     # metric that picks the best checkpoint; auto: text_retrieval_recall@1 with retrieval, else acc1; empty: none
     best_metric: str = "auto"
+    # reference sets (forgetting): evaluated for the starting weights at step 0 and at every evaluation
+    reference: list[ReferenceConfig] = field(default_factory=list)
+    reference_metric: str = "auto"  # each reference set's headline metric; auto: text_retrieval_recall@1 / acc1
+    reference_weight: float = 0.0  # best checkpoint by (1 - w) * best_metric + w * mean reference_metric; 0 = target only
+
+    def reference_metric_name(self, task: str) -> str:
+        """The headline metric of a reference set of `task`, "auto" resolved."""
+        if self.reference_metric == "auto":
+            return "text_retrieval_recall@1" if task == "retrieval" else "acc1"
+        return self.reference_metric
 
     def best_metric_name(self) -> str:
         """The metric `best_metric` names, "auto" resolved ("" when no checkpoint is kept as best)."""
@@ -140,12 +172,21 @@ class EvalConfig:
 
 
 @dataclass
+class LoraConfig:
+    rank: int = 0  # > 0: train low-rank adapters (peft LoRA) on the tower instead of its weights; 0 = off
+    alpha: float = 8.0  # adapter scale numerator: the update is (alpha / rank) * B A
+    dropout: float = 0.0  # dropout on the adapters' input
+    target_modules: list[str] = field(default_factory=list)  # module names to adapt; empty = the attention projections
+
+
+@dataclass
 class TowerTrainConfig:
     lock: bool = False  # freeze the whole tower (LiT); it then runs in eval mode (no dropout, fixed statistics)
     unlocked_layers: int = -1  # >= 0: train only the last N blocks and what follows them; -1 = every block
     freeze_norms: bool = False  # freeze the weights of LayerNorm / GroupNorm / BatchNorm layers
     freeze_bn_stats: bool = False  # BatchNorm layers normalise with, and keep, their running statistics
     lr_scale: float = 1.0  # learning-rate multiplier for the tower (its projection keeps the base rate)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # low-rank adapters instead of full fine-tuning
 
 
 @dataclass
@@ -250,6 +291,7 @@ def validate(cfg: Config) -> None:
         tc = getattr(ft, tower)
         if tc.lr_scale < 0 or tc.unlocked_layers < -1:
             raise ConfigError(f"finetune.{tower}: lr_scale must be >= 0 and unlocked_layers >= -1")
+        _validate_lora(f"finetune.{tower}", tc)
     if "zeroshot" in cfg.eval.tasks and not cfg.eval.zeroshot_class_key:
         raise ConfigError("eval.tasks has zeroshot but eval.zeroshot_class_key (the class column) is empty")
     best = cfg.eval.best_metric_name()
@@ -258,6 +300,39 @@ def validate(cfg: Config) -> None:
                           "(e.g. text_retrieval_recall@1, image_retrieval_recall@5, caption_ranking_acc1, acc1); "
                           "empty = no best checkpoint")
     _validate_run_settings(cfg)
+    _validate_forgetting(cfg)
+
+
+def _validate_lora(key: str, tc: TowerTrainConfig) -> None:
+    lora = tc.lora
+    if lora.rank < 0 or lora.alpha <= 0 or not 0.0 <= lora.dropout < 1.0:
+        raise ConfigError(f"{key}.lora: rank must be >= 0, alpha > 0 and dropout in [0, 1)")
+    if lora.rank > 0 and (tc.lock or tc.unlocked_layers >= 0):
+        raise ConfigError(f"{key}.lora.rank={lora.rank} with {key}.lock or {key}.unlocked_layers: LoRA already "
+                          "freezes the tower's weights; choose one")
+
+
+def _validate_forgetting(cfg: Config) -> None:
+    """EMA and reference-set settings."""
+    t, e = cfg.train, cfg.eval
+    if not 0.0 <= t.ema_decay < 1.0 or t.ema_every_n_steps < 1:
+        raise ConfigError(f"train.ema_decay must be in [0, 1) and train.ema_every_n_steps >= 1, got {t.ema_decay} "
+                          f"and {t.ema_every_n_steps}")
+    if t.ema_decay > 0 and t.fsdp:
+        raise ConfigError("train.ema_decay with train.fsdp=true: the moving average needs the whole weights; use DDP")
+    if not 0.0 <= e.reference_weight <= 1.0:
+        raise ConfigError(f"eval.reference_weight must be in [0, 1], got {e.reference_weight}")
+    for i, ref in enumerate(e.reference):
+        if not ref.data:
+            raise ConfigError(f"eval.reference[{i}]: data (the table's path) is empty")
+        if ref.task not in ("retrieval", "zeroshot"):
+            raise ConfigError(f"eval.reference[{i}].task={ref.task!r} is not 'retrieval' or 'zeroshot'")
+        metric = e.reference_metric_name(ref.task)
+        if not re.fullmatch(_BEST_METRICS[ref.task], metric):
+            raise ConfigError(f"eval.reference_metric={metric!r} is not a higher-is-better {ref.task} metric "
+                              f"(e.g. {'text_retrieval_recall@1' if ref.task == 'retrieval' else 'acc1'})")
+    if e.reference_weight > 0 and not e.reference:
+        raise ConfigError("eval.reference_weight > 0 needs eval.reference (the sets that measure forgetting)")
 
 
 def _validate_run_settings(cfg: Config) -> None:
@@ -367,6 +442,8 @@ def _cast(key: str, value: Any, tp: Any) -> Any:
     elif dataclasses.is_dataclass(tp):
         if isinstance(value, dict):
             return _build(tp, value, prefix=f"{key}.")
+        if isinstance(value, str) and hasattr(tp, "from_string"):  # a list item's shorthand, e.g. a table path
+            return tp.from_string(value)
     tname = getattr(tp, "__name__", str(tp))
     raise ConfigError(f"config key '{key}' expects {tname}, got {value!r}")
 

@@ -523,6 +523,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config {path} is a directory; give a YAML file (e.g. configs/shapes_tiny.yaml)")
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:

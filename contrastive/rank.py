@@ -39,6 +39,8 @@ def check_images(paths: Sequence[str | Path]) -> list[str]:
     """The paths as strings, after checking each one is a readable image (DataError otherwise)."""
     out = []
     for p in paths:
+        if Path(p).is_dir():
+            raise DataError(f"{p} is a directory; give image files (a shell glob such as {Path(p) / '*.jpg'})")
         if not Path(p).is_file():
             raise DataError(f"image not found: {p}")
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,17 +102,24 @@ class TableSource:
 
     Bytes that are not UTF-8 are kept (as surrogates) so that only the affected row is bad, not the file.
     Repeated rows of one image are separate samples: training sees one caption per visit.
+    `settings` name where the two column names came from (config keys, or a command's options), for messages.
     """
 
-    def __init__(self, path: str, image_key: str, caption_key: str, fmt: str = "") -> None:
+    def __init__(self, path: str, image_key: str, caption_key: str, fmt: str = "",
+                 settings: tuple[str, str] = ("data.image_key", "data.caption_key")) -> None:
         p = Path(path)
+        if p.is_dir():
+            raise DataError(f"{path} is a directory, not a table file (CSV/TSV/JSONL)")
         if not p.is_file():
             raise DataError(f"data file not found: {path}")
+        if p.stat().st_size == 0:
+            raise DataError(f"{path} is empty (0 bytes): a table needs a header or JSON lines with "
+                            f"'{image_key}' and '{caption_key}'")
         self.path, self.root = str(path), p.parent
         self.fmt = fmt or detect_format(path)
         if self.fmt not in ("csv", "tsv", "jsonl"):
             raise DataError(f"format '{self.fmt}' is not a table format (csv, tsv, jsonl)")
-        self.image_key, self.caption_key = image_key, caption_key
+        self.image_key, self.caption_key, self.settings = image_key, caption_key, settings
         # (line number, image, caption(s), other fields) per row; None marks a missing or unparseable value
         self.rows: list[tuple[int, Any, Any, dict]] = []
         try:
@@ -142,12 +150,32 @@ class TableSource:
     def _read_csv(self, f) -> None:
         reader = csv.DictReader(f, delimiter="," if self.fmt == "csv" else "\t")
         header = reader.fieldnames or []
-        for key in (self.image_key, self.caption_key):
+        if not any(h.strip() for h in header):
+            raise DataError(f"{self.path}: the first line is blank; it must be the header naming the columns")
+        for key, setting in zip((self.image_key, self.caption_key), self.settings):
             if key not in header:
-                raise DataError(f"{self.path}: no column '{key}' (columns: {', '.join(header)}); set data.image_key/data.caption_key")
+                raise DataError(f"{self.path}: no column '{key}' (columns: {', '.join(header)}); set {setting}")
+        start = end = reader.line_num  # the first and last line of the latest row
+        row: dict = {}
         for row in reader:
+            start, end = end + 1, reader.line_num
             others = {k: v for k, v in row.items() if k not in (self.image_key, self.caption_key) and k is not None}
-            self.rows.append((reader.line_num, row.get(self.image_key), row.get(self.caption_key), others))
+            self.rows.append((end, row.get(self.image_key), row.get(self.caption_key), others))
+        # a quote never closed swallows the rest of the file into one value of the last row
+        if end > start or any(v is None or (isinstance(v, str) and v.endswith(("\n", "\r"))) for v in row.values()):
+            self._check_quote_closed(f, start)
+
+    def _check_quote_closed(self, f, start: int) -> None:
+        """Raise DataError when the row beginning at line `start` (the file's last) opens a quote it never closes."""
+        f.seek(0)
+        tail = itertools.islice(f, start - 1, None)
+        try:
+            for _ in csv.reader(tail, delimiter="," if self.fmt == "csv" else "\t", strict=True):
+                pass
+        except csv.Error as e:
+            if "end of data" in str(e):
+                raise DataError(f"{self.path} line {start}: a quoted field opens here and is never closed "
+                                "(unterminated \"); the rest of the file was read as one value") from None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -188,24 +216,30 @@ def _is_utf8(text: str) -> bool:
         return False
 
 
-def read_records(path: str, image_key: str, caption_key: str, fmt: str = "") -> list[Record]:
+def read_records(path: str, image_key: str, caption_key: str, fmt: str = "",
+                 settings: tuple[str, str] = ("data.image_key", "data.caption_key")) -> list[Record]:
     """Read a CSV/TSV/JSONL table for evaluation: one Record per image with all its captions (list columns and
-    repeated rows), image paths made absolute. Unusable rows are left out."""
-    records = TableSource(path, image_key, caption_key, fmt).records()
+    repeated rows), image paths made absolute. Unusable rows are left out. `settings`: see TableSource."""
+    records = TableSource(path, image_key, caption_key, fmt, settings).records()
     if not records:
         raise DataError(f"{path}: no usable rows (columns '{image_key}', '{caption_key}')")
     return records
 
 
-def iter_captions(path: str, caption_key: str = "caption", fmt: str = "") -> Iterator[str]:
-    """Every usable caption of a table (list columns flattened), or every non-empty line of a text file."""
+def iter_captions(path: str, caption_key: str = "caption", fmt: str = "",
+                  setting: str = "data.caption_key") -> Iterator[str]:
+    """Every usable caption of a table (list columns flattened), or every non-empty line of a text file.
+    `setting` names where `caption_key` came from, for messages."""
     if Path(path).suffix.lower() == ".txt" and not fmt:
+        if Path(path).is_dir():
+            raise DataError(f"{path} is a directory, not a text file of captions")
         if not Path(path).is_file():
             raise DataError(f"data file not found: {path}")
         with open(path, encoding="utf-8", errors="replace") as f:
             yield from (line.strip() for line in f if line.strip())
         return
-    table = TableSource(path, caption_key, caption_key, fmt)  # the caption column stands in for the image one
+    # the caption column stands in for the image one
+    table = TableSource(path, caption_key, caption_key, fmt, (setting, setting))
     for _, _, caption, _ in table.rows:
         for c in caption if isinstance(caption, list) else [caption]:
             if isinstance(c, str) and c.strip() and _is_utf8(c):
@@ -221,7 +255,7 @@ def open_hf_dataset(path: str, split: str):
     import datasets  # only HF sources need it
 
     if path.startswith("hf://"):
-        return datasets.load_dataset(path[len("hf://"):], split=split)
+        return _load_hub_dataset(path[len("hf://"):], split)
     p = Path(path)
     if not p.is_dir():
         raise DataError(f"HF dataset directory not found: {path}")
@@ -238,6 +272,22 @@ def open_hf_dataset(path: str, split: str):
             raise DataError(f"{path}: no split '{split}' (splits: {', '.join(dd)}); set data.split")
         return dd[split]
     raise DataError(f"{path}: neither a save_to_disk directory (dataset_dict.json/state.json) nor an imagefolder (metadata.jsonl/csv)")
+
+
+def _load_hub_dataset(name: str, split: str):
+    """A hub dataset by name; only from the local cache when the hub cannot be used (see `contrastive.hub`)."""
+    import datasets
+
+    from ..hub import hub_offline_reason, local_only, offline_hint
+
+    reason = hub_offline_reason()
+    if reason is None:
+        return datasets.load_dataset(name, split=split)
+    try:
+        with local_only():
+            return datasets.load_dataset(name, split=split)
+    except (OSError, ValueError) as e:  # not cached (datasets raises ConnectionError or FileNotFoundError)
+        raise DataError(f"hf://{name}: {offline_hint(reason)}") from None
 
 
 class HFSource:

@@ -1,0 +1,87 @@
+"""Whether the Hugging Face Hub can be reached, decided once per process and quickly.
+
+Without network, transformers and datasets retry each request with back-off (half a minute or more, a dozen log
+lines) before failing. Loaders ask `hub_offline_reason()` first: when it names a reason (HF_HUB_OFFLINE set, or
+the hub's host does not answer within a few seconds) they load under `local_only()`, from the local cache, and
+when that fails say in one line why nothing could be fetched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import socket
+import threading
+from urllib.parse import urlparse
+
+PROBE_TIMEOUT_S = 3.0
+
+
+def endpoint() -> str:
+    """The hub's URL (HF_ENDPOINT when set)."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def _offline_env() -> str | None:
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "on", "yes", "true"):
+            return f"{var} is set"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _probe(url: str, timeout: float) -> str | None:
+    """None when a TCP connection to the URL's host opens within `timeout` seconds, else why not."""
+    parts = urlparse(url)
+    host, port = parts.hostname or "", parts.port or (80 if parts.scheme == "http" else 443)
+    result: list[str | None] = []
+
+    def connect() -> None:  # name resolution has no timeout of its own: run it where we need not wait for it
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(None)
+        except OSError as e:
+            result.append(e.strerror or type(e).__name__)
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return result[0] if result else f"no answer within {timeout:g} s"
+
+
+def hub_offline_reason(timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why the hub cannot be used now ("HF_HUB_OFFLINE is set", "cannot reach https://huggingface.co (...)"), or
+    None when it answers."""
+    if reason := _offline_env():
+        return reason
+    if reason := _probe(endpoint(), timeout):
+        return f"cannot reach {endpoint()} ({reason})"
+    return None
+
+
+def offline_hint(reason: str) -> str:
+    """The end of a one-line message about a hub id that is not in the local cache while the hub is unusable."""
+    return (f"it is not in the local cache and {reason}; give a local folder instead "
+            "(save_pretrained / save_to_disk on a machine with network)")
+
+
+@contextlib.contextmanager
+def local_only():
+    """huggingface_hub and datasets in offline mode (as HF_HUB_OFFLINE=1 at start-up would set them): every request
+    fails at once instead of being retried, and cached files are used."""
+    import huggingface_hub.constants as hub_constants
+
+    modules = [hub_constants]
+    with contextlib.suppress(ImportError):
+        import datasets.config
+
+        modules.append(datasets.config)
+    saved = [m.HF_HUB_OFFLINE for m in modules]
+    for m in modules:
+        m.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        for m, value in zip(modules, saved):
+            m.HF_HUB_OFFLINE = value

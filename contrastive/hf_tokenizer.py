@@ -28,8 +28,13 @@ class HFTokenizer:
 
         self.path = resolve_hf_path(str(path))
         self.spec = spec or f"hf:{path}"
+        from .hub import HubUnavailable, load_from_hub
+
+        load = lambda: AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)  # noqa: E731
         try:
-            self.hf_tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
+            self.hf_tokenizer = load() if Path(self.path).is_dir() else load_from_hub(load, f"tokenizer '{self.spec}'")
+        except HubUnavailable:
+            raise
         except (OSError, ValueError) as e:
             if "trust_remote_code" in str(e) and not trust_remote_code:
                 raise FileNotFoundError(f"tokenizer '{self.spec}': cannot load without running the code it ships; "

@@ -13,9 +13,15 @@ import functools
 import os
 import socket
 import threading
+from typing import Callable, TypeVar
 from urllib.parse import urlparse
 
+from .errors import UserError
+
+T = TypeVar("T")
+
 PROBE_TIMEOUT_S = 3.0
+FOLDER_REMEDY = "give a local folder instead (save_pretrained on a machine with network)"
 
 
 def endpoint() -> str:
@@ -31,7 +37,7 @@ def _offline_env() -> str | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _probe(url: str, timeout: float) -> str | None:
+def probe(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
     """None when a TCP connection to the URL's host opens within `timeout` seconds, else why not."""
     parts = urlparse(url)
     host, port = parts.hostname or "", parts.port or (80 if parts.scheme == "http" else 443)
@@ -55,15 +61,14 @@ def hub_offline_reason(timeout: float = PROBE_TIMEOUT_S) -> str | None:
     None when it answers."""
     if reason := _offline_env():
         return reason
-    if reason := _probe(endpoint(), timeout):
+    if reason := probe(endpoint(), timeout):
         return f"cannot reach {endpoint()} ({reason})"
     return None
 
 
-def offline_hint(reason: str) -> str:
+def offline_hint(reason: str, remedy: str = FOLDER_REMEDY) -> str:
     """The end of a one-line message about a hub id that is not in the local cache while the hub is unusable."""
-    return (f"it is not in the local cache and {reason}; give a local folder instead "
-            "(save_pretrained / save_to_disk on a machine with network)")
+    return f"it is not in the local cache and {reason}; {remedy}"
 
 
 @contextlib.contextmanager
@@ -85,3 +90,20 @@ def local_only():
     finally:
         for m, value in zip(modules, saved):
             m.HF_HUB_OFFLINE = value
+
+
+class HubUnavailable(UserError, OSError):
+    """A hub id that is not in the local cache while the hub cannot be used (the message is one line)."""
+
+
+def load_from_hub(load: Callable[[], T], name: str, remedy: str = FOLDER_REMEDY) -> T:
+    """`load()` of hub id `name` (a `from_pretrained` call): as is when the hub answers; else under `local_only()`,
+    raising HubUnavailable with the reason when the cache does not hold it."""
+    reason = hub_offline_reason()
+    if reason is None:
+        return load()
+    try:
+        with local_only():
+            return load()
+    except OSError:
+        raise HubUnavailable(f"{name}: {offline_hint(reason, remedy)}") from None

@@ -287,7 +287,8 @@ def _load_hub_dataset(name: str, split: str):
         with local_only():
             return datasets.load_dataset(name, split=split)
     except (OSError, ValueError) as e:  # not cached (datasets raises ConnectionError or FileNotFoundError)
-        raise DataError(f"hf://{name}: {offline_hint(reason)}") from None
+        raise DataError(f"hf://{name}: " + offline_hint(
+            reason, "save it with save_to_disk on a machine with network and give that folder")) from None
 
 
 class HFSource:

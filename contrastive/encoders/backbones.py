@@ -63,7 +63,13 @@ class TimmTower(nn.Module):
         if pools[pooling] is not None:
             kwargs["global_pool"] = pools[pooling]
         self.name, self.pooling = name, pooling
-        self.model = timm.create_model(name, pretrained=pretrained and not weights, num_classes=0, **kwargs)
+        load = lambda: timm.create_model(name, pretrained=pretrained and not weights, num_classes=0, **kwargs)  # noqa: E731
+        if pretrained and not weights:  # timm downloads from the HF hub
+            from ..hub import load_from_hub
+
+            self.model = load_from_hub(load, f"timm:{name} (pretrained)", "give the weights as a file (weights: FILE)")
+        else:
+            self.model = load()
         if weights:
             _load_backbone_weights(self.model, weights, f"timm:{name}")
 
@@ -81,6 +87,21 @@ class TimmTower(nn.Module):
         self.model.set_grad_checkpointing(True)
 
 
+def _check_torchvision_download(name: str) -> None:
+    """Raise HubUnavailable at once when torchvision would download `name`'s weights and their host cannot be reached
+    (instead of a download message and a raw URL error)."""
+    from torchvision.models import get_model_weights
+
+    from ..hub import HubUnavailable, probe
+
+    url = get_model_weights(name).DEFAULT.url
+    if (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file():
+        return
+    if reason := probe(url):
+        raise HubUnavailable(f"torchvision:{name} (pretrained): its weights are not in the local cache and "
+                             f"{url} cannot be reached ({reason}); give the weights as a file (weights: FILE)")
+
+
 class TorchvisionTower(nn.Module):
     """A torchvision classification model with its last Linear layer replaced by identity."""
 
@@ -91,6 +112,8 @@ class TorchvisionTower(nn.Module):
         if pooling not in ("pooler", "auto"):
             raise ValueError(f"torchvision towers pool with the model's own pooling (pooling: pooler), not '{pooling}'")
         self.name, self.pooling = name, "pooler"
+        if pretrained and not weights:
+            _check_torchvision_download(name)
         self.model = get_model(name, weights="DEFAULT" if pretrained and not weights else None)
         head_name, head = [(n, m) for n, m in self.model.named_modules() if isinstance(m, nn.Linear)][-1]
         self._output_dim = head.in_features

@@ -258,15 +258,21 @@ def build_hf_model(spec: str, modality: str, hf_config: dict[str, Any] | None = 
         proj = getattr(dual, proj_key.split(".")[0]).weight.detach().clone() if proj_key else None
         return dual_tower(dual, modality), proj
     trust = {"trust_remote_code": trust_remote_code}
-    try:
+    from ..errors import ConfigError
+    from ..hub import HubUnavailable, load_from_hub
+
+    def load() -> nn.Module:
         if pretrained:
-            return AutoModel.from_pretrained(path, dtype=torch.float32, **trust), None
+            return AutoModel.from_pretrained(path, dtype=torch.float32, **trust)
         from transformers import AutoConfig
 
-        return AutoModel.from_config(AutoConfig.from_pretrained(path, **trust), **trust), None
-    except (OSError, ValueError) as e:
-        from ..errors import ConfigError
+        return AutoModel.from_config(AutoConfig.from_pretrained(path, **trust), **trust)
 
+    try:
+        return (load() if Path(path).is_dir() else load_from_hub(load, f"hf:{spec}")), None
+    except HubUnavailable as e:
+        raise ConfigError(str(e)) from None
+    except (OSError, ValueError) as e:
         if "trust_remote_code" in str(e) and not trust_remote_code:
             raise ConfigError(f"hf:{spec}: cannot load without running the modelling code it ships; "
                               "set model.trust_remote_code=true only if you trust it") from None

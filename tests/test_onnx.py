@@ -1,0 +1,139 @@
+"""ONNX export: onnxruntime's embeddings against torch's at several batch sizes, the files a user needs beside the
+graphs, the CLI's output rules, and a model torch cannot export."""
+
+import json
+import subprocess
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import contrastive
+from contrastive.checkpoint import CheckpointError
+from contrastive.cli import main
+from contrastive.config import load_config
+from contrastive.model import ContrastiveModel
+from contrastive.onnx_export import IMAGE_FILE, SETTINGS_FILE, TEXT_FILE, OnnxEncoders, export_onnx, write_onnx
+from contrastive.train import train
+from tests.conftest import PYTHON, ROOT, subprocess_env
+from tests.hf_models import save_dual_encoder
+
+CAPTIONS = ["a large green star at the bottom", "a red circle", "x", "two small blue squares on the left", "y z"]
+
+
+def small_run(tmp_path, *overrides, name="run"):
+    cfg = load_config(ROOT / "configs/shapes_tiny.yaml", [
+        "model.image_encoder_args={layers: 1}", "model.text_encoder_args={layers: 1}", "model.image_size=32",
+        "model.embed_dim=16", "train.batch_size=8", "train.max_steps=1", "data.val=", "data.num_workers=0",
+        "train.progress_bar=false", f"train.output_dir={tmp_path}", f"train.run_name={name}", *overrides])
+    return train(cfg)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A 1+1-layer built-in model trained one step, exported through the CLI over a folder holding a file."""
+    tmp = tmp_path_factory.mktemp("onnx")
+    run = small_run(tmp)
+    out = tmp / "onnx"
+    out.mkdir()
+    (out / "old.txt").write_text("replaced")
+    proc = subprocess.run([PYTHON, "-m", "contrastive", "export", "--format", "onnx", "--checkpoint", str(run),
+                           "--output", str(out), "--overwrite"], capture_output=True, text=True, env=subprocess_env())
+    assert proc.returncode == 0, proc.stderr
+    return run, out, proc.stdout
+
+
+def assert_matches_torch(model, tokenizer, folder, size, batch_sizes=(1, 5)):
+    onnx = OnnxEncoders(folder)
+    for b in batch_sizes:
+        pixels = torch.randn(b, 3, size, size)
+        with torch.no_grad():
+            torch.testing.assert_close(onnx.encode_image(pixels), model.encode_image(pixels), rtol=0, atol=1e-4)
+            tokens = tokenizer(CAPTIONS[:b])
+            torch.testing.assert_close(onnx.encode_text(tokens), model.encode_text(tokens), rtol=0, atol=1e-4)
+    return onnx
+
+
+def test_builtin_model_matches_torch_at_two_batch_sizes(exported):
+    run, out, stdout = exported
+    assert "verified" in stdout and "max |diff|" in stdout
+    model, preprocess, tokenizer = contrastive.load(run)
+    onnx = assert_matches_torch(model, tokenizer, out, 32)
+    # the folder alone rebuilds the preprocessing and the tokenizer: an image and captions give torch's embeddings
+    with Image.open(ROOT / "data/shapes/images/val/00000.jpg") as img:
+        pixels = onnx.preprocess(img)[None]
+        torch.testing.assert_close(pixels, preprocess(img)[None])
+    torch.testing.assert_close(onnx.tokenizer(CAPTIONS), tokenizer(CAPTIONS))
+    settings = json.loads((out / SETTINGS_FILE).read_text())
+    assert settings["image_size"] == 32 and settings["embed_dim"] == 16 and settings["text_inputs"] == ["input_ids"]
+    assert (out / "tokenizer.json").is_file() and not list(out.glob("*.data"))  # small weights stay in the graph
+
+
+def test_graphs_have_a_dynamic_batch_axis_and_normalised_outputs(exported):
+    import onnx
+
+    _, out, _ = exported
+    for name, output in ((IMAGE_FILE, "image_embeds"), (TEXT_FILE, "text_embeds")):
+        graph = onnx.load(str(out / name)).graph
+        onnx.checker.check_model(onnx.load(str(out / name)))
+        assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic, not a fixed size
+        assert [o.name for o in graph.output] == [output]
+    emb = OnnxEncoders(out).encode_image(torch.randn(4, 3, 32, 32))
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(4))
+
+
+def test_transformers_towers_take_the_attention_mask(tmp_path):
+    dual = save_dual_encoder(tmp_path / "vtde", vision="vit", text="bert")
+    out = tmp_path / "onnx"
+    diffs = export_onnx(dual, out)
+    assert max(diffs.values()) <= 1e-4
+    assert json.loads((out / SETTINGS_FILE).read_text())["text_inputs"] == ["input_ids", "attention_mask"]
+    model, _, tokenizer = contrastive.load(dual)
+    assert_matches_torch(model, tokenizer, out, 32)
+
+
+class EighTower(nn.Module):
+    """An image tower using an op (symmetric eigenvalues) that torch's ONNX exporter has no translation for."""
+
+    output_dim = 4
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels[:, 0, :4, :4]  # (B, 4, 4)
+        return torch.linalg.eigvalsh(x @ x.transpose(1, 2))  # (B, 4)
+
+
+def test_a_model_that_cannot_be_exported_is_one_line(tmp_path, capsys):
+    run = small_run(tmp_path)
+    model, _, tokenizer = contrastive.load(run)
+    bad = ContrastiveModel(EighTower(), model.text_encoder, 16)
+    cfg = load_config(run / "config.yaml").model
+    with pytest.raises(CheckpointError, match="the image encoder cannot be exported to ONNX") as info:
+        write_onnx(bad, tokenizer, cfg, tmp_path / "out")
+    assert "\n" not in str(info.value) and "eigh" in str(info.value)
+
+
+def test_output_rules_and_errors_of_the_cli(exported, tmp_path, capsys):
+    run, out, _ = exported
+    assert sorted(p.name for p in out.iterdir()) == sorted([IMAGE_FILE, TEXT_FILE, SETTINGS_FILE, "tokenizer.json"])
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    cases = {mine: "not empty", run / "onnx": "inside the run", run / "checkpoints": "would replace the checkpoint",
+             tmp_path / "x": None}
+    for output, message in cases.items():
+        checkpoint = tmp_path / "none" if message is None else run
+        assert main(["export", "--format", "onnx", "--checkpoint", str(checkpoint), "--output", str(output)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and (message or "no such checkpoint") in err, err
+    assert (mine / "notes.txt").read_text() == "keep me" and not (run / "onnx").exists()
+    # a folder that is not an export, or a damaged one, is one line for the runtime too
+    with pytest.raises(CheckpointError, match="holds no image_encoder.onnx"):
+        OnnxEncoders(mine)
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for p in out.iterdir():
+        (damaged / p.name).write_bytes(p.read_bytes())
+    (damaged / TEXT_FILE).write_bytes(b"not a graph")
+    with pytest.raises(CheckpointError, match="onnxruntime cannot load it"):
+        OnnxEncoders(damaged)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import ConfigError, DataConfig, ModelConfig
+from .errors import DataError
 
 MAX_CAPTIONS = 200_000  # captions read to learn the vocabulary and measure lengths (a seeded sample beyond that)
 MAX_SHARD_CAPTIONS = 50_000  # of webdataset shards: the first ones (reading a shard reads its images too)
@@ -79,7 +80,9 @@ def _shard_captions(data_cfg: DataConfig, limit: int) -> list[str]:
     exts = _exts(data_cfg.caption_key, "caption", DEFAULT_CAPTION_EXTS)
     captions: list[str] = []
     for url in expand_shards(data_cfg.train):
-        for _, group in iter_groups(url):
+        for n, (key, group) in enumerate(iter_groups(url)):
+            if group is None and n == 0:  # not a tar file at all: say so, not "no usable caption"
+                raise DataError(f"{url}: not a readable tar file ({key})")
             for ext in exts:
                 if group is not None and ext in group:
                     text = group[ext].decode("utf-8", errors="replace").strip()

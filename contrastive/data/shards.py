@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..config import DataConfig
+from ..errors import error_line
 from .bad import BadRecord, BadSample, DataError
 from .images import decode_image
 from .loader import Collate, Sample, load_sample, sample_seed
@@ -69,7 +70,7 @@ def _split_name(name: str) -> tuple[str, str]:
 
 
 def iter_groups(url: str) -> Iterator[tuple[str, dict[str, bytes] | None]]:
-    """(key, {ext: bytes}) for each sample of a shard; (message, None) once if the tar is unreadable from there."""
+    """(key, {ext: bytes}) for each sample of a shard; (why, None) once if the tar is unreadable from there on."""
     key, group = None, {}
     try:
         with _open(url) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
@@ -85,7 +86,16 @@ def iter_groups(url: str) -> Iterator[tuple[str, dict[str, bytes] | None]]:
         if group:
             yield key, group
     except (tarfile.TarError, OSError, EOFError) as e:
-        yield f"unreadable tar ({type(e).__name__}: {str(e)[:80]})", None
+        yield tar_error(e), None
+
+
+def tar_error(e: BaseException) -> str:
+    """One line for an error of `tarfile`: for the list it gives when no compression fits, the plain tar reason."""
+    text = str(e)
+    if "- method tar:" in text:  # "file could not be opened successfully:\n- method gz: ...\n- method tar: ReadError(...)"
+        text = text.split("- method tar:", 1)[1].strip().rstrip(")")
+        text = text.split("(", 1)[1].strip("'\"") if "(" in text else text
+    return error_line(text) or type(e).__name__
 
 
 def count_samples(url: str) -> int:
@@ -100,7 +110,7 @@ def count_samples(url: str) -> int:
                     if k != last:
                         keys, last = keys + 1, k
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise DataError(f"{url}: not a readable tar file ({e})") from None
+        raise DataError(f"{url}: not a readable tar file ({tar_error(e)})") from None
     return keys
 
 
@@ -151,9 +161,9 @@ class ShardStream(IterableDataset):
                 yield buffer.pop(int(torch.randint(len(buffer), (1,), generator=g)))
 
     def _raw(self, url: str, key: str, group: dict[str, bytes] | None) -> tuple[RawSample | None, BadRecord | None]:
-        if group is None:
-            where = f"{url}: {key}"
-            return None, BadRecord("corrupt_image", where, stable_id(where))
+        if group is None:  # `key` says why the rest of the shard cannot be read
+            return None, BadRecord("corrupt_image", url, stable_id(f"{url}: {key}"),
+                                   f"the shard cannot be read past this point: {key}")
         where = f"{url} sample {key}"
         image = next((group[e] for e in self.image_exts if e in group), None)
         captions = [group[e] for e in self.caption_exts if e in group]

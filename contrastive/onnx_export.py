@@ -201,6 +201,31 @@ class OnnxEncoders:
         return torch.from_numpy(self.sessions[TEXT_FILE].run(None, feeds)[0])
 
 
+def with_onnx(encoder, folder: str | Path, threads: int | None = None, atol: float = 1e-3):
+    """A copy of `encoder` (a `contrastive.search.Encoder` of the torch model, in fp32) whose images and texts are
+    embedded by onnxruntime from `folder`. Refused in one line when the folder preprocesses images otherwise or
+    gives other embeddings than the torch model on a sample batch (it was exported from another model)."""
+    import dataclasses
+
+    from .data.images import ImageTransform
+
+    onnx = OnnxEncoders(folder, threads)
+    a, b = onnx.preprocess, encoder.preprocess
+    if isinstance(b, ImageTransform) and not (a.size == b.size and torch.equal(a.scale, b.scale)
+                                              and torch.equal(a.shift, b.shift)):
+        raise CheckpointError(f"{folder} preprocesses images otherwise than {encoder.source or 'the model'} "
+                              "(image size, mean or std); export this model with contrastive export --format onnx")
+    size = int(onnx.settings["image_size"])
+    pixels = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))  # (2, 3, S, S)
+    diff = max(float((onnx.encode_image(pixels) - encoder.encode_images(pixels)).abs().max()),
+               float((onnx.encode_text(onnx.tokenizer(SAMPLE_CAPTIONS)) - encoder.encode_texts(SAMPLE_CAPTIONS)).abs().max()))
+    if diff > atol:
+        raise CheckpointError(f"{folder} holds other encoders than {encoder.source or 'the model'} (max |diff| "
+                              f"{diff:.2e}); export this model with contrastive export --format onnx")
+    return dataclasses.replace(encoder, encode_images=onnx.encode_image,
+                               encode_texts=lambda texts: onnx.encode_text(onnx.tokenizer(list(texts))))
+
+
 def _load_tokenizer(folder: Path, settings: dict):
     context = int(settings["context_length"])
     if settings.get("tokenizer") == "transformers":

@@ -2,8 +2,10 @@
 graphs, the CLI's output rules, and a model torch cannot export."""
 
 import json
+import shutil
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -137,3 +139,35 @@ def test_output_rules_and_errors_of_the_cli(exported, tmp_path, capsys):
     (damaged / TEXT_FILE).write_bytes(b"not a graph")
     with pytest.raises(CheckpointError, match="onnxruntime cannot load it"):
         OnnxEncoders(damaged)
+
+
+def test_embedding_a_collection_with_onnx_gives_torchs_arrays(exported, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from contrastive.factory import resolve_checkpoint
+    from contrastive.onnx_export import with_onnx
+    from contrastive.search import embed_collection, torch_encoder
+    from contrastive.search.store import load_vectors, read_manifest
+    from tests.search.helpers import shapes_table
+
+    run, out, _ = exported
+    table = shapes_table(tmp_path / "collection", 12, copy=True)
+    encoder = torch_encoder(run, precision="fp32")
+    arrays = {}
+    for name, enc in (("torch", encoder), ("onnx", with_onnx(encoder, out))):
+        manifest = embed_collection(str(table), tmp_path / name, enc, batch_size=5, workers=0, dtype="float32",
+                                    progress=False)
+        assert manifest["counts"]["embedded"] == 12
+        arrays[name] = [load_vectors(tmp_path / name, manifest, w) for w in ("images", "texts")]
+    for ours, theirs in zip(arrays["onnx"], arrays["torch"]):
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4)
+    assert read_manifest(tmp_path / "onnx")["model"] == read_manifest(tmp_path / "torch")["model"]
+    # ONNX files of other weights (same architecture and preprocessing) are refused in one line
+    other = tmp_path / "other"
+    shutil.copytree(resolve_checkpoint(run), other)
+    weights = load_file(other / "model.safetensors")
+    save_file({k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in weights.items()},
+              other / "model.safetensors")
+    with pytest.raises(CheckpointError, match="holds other encoders than") as info:
+        with_onnx(torch_encoder(other, precision="fp32"), out)
+    assert "\n" not in str(info.value)

@@ -28,11 +28,11 @@ class HFTokenizer:
 
         self.path = resolve_hf_path(str(path))
         self.spec = spec or f"hf:{path}"
-        from .hub import HubUnavailable, load_from_hub
+        from .hub import HubUnavailable, is_hub_id, load_from_hub
 
         load = lambda: AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)  # noqa: E731
         try:
-            self.hf_tokenizer = load() if Path(self.path).is_dir() else load_from_hub(load, f"tokenizer '{self.spec}'")
+            self.hf_tokenizer = load_from_hub(load, f"tokenizer '{self.spec}'") if is_hub_id(self.path) and not Path(self.path).is_dir() else load()
         except HubUnavailable:
             raise
         except (OSError, ValueError) as e:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import socket
 import threading
 from typing import Callable, TypeVar
@@ -19,9 +20,15 @@ from urllib.parse import urlparse
 from .errors import UserError
 
 T = TypeVar("T")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 PROBE_TIMEOUT_S = 3.0
 FOLDER_REMEDY = "give a local folder instead (save_pretrained on a machine with network)"
+
+
+def is_hub_id(spec: str) -> bool:
+    """Whether `spec` has the form of a hub id (`name` or `owner/name`); a path such as /x/y or ./m does not."""
+    return bool(_HUB_ID.fullmatch(spec))
 
 
 def endpoint() -> str:

@@ -9,6 +9,7 @@ own pooling (`pooling: pooler`, the default) or, for timm, by `cls` (class token
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -57,11 +58,10 @@ class TimmTower(nn.Module):
         super().__init__()
         import timm
 
-        pools = {"pooler": None, "auto": None, "cls": "token", "mean": "avg"}
-        if pooling not in pools:
-            raise ValueError(f"pooling '{pooling}' is not one of {', '.join(pools)}")
-        if pools[pooling] is not None:
-            kwargs["global_pool"] = pools[pooling]
+        if pooling not in TIMM_POOLINGS:
+            raise ValueError(f"pooling '{pooling}' is not one of {', '.join(TIMM_POOLINGS)}")
+        if TIMM_POOLINGS[pooling] is not None:
+            kwargs["global_pool"] = TIMM_POOLINGS[pooling]
         self.name, self.pooling = name, pooling
         load = lambda: timm.create_model(name, pretrained=pretrained and not weights, num_classes=0, **kwargs)  # noqa: E731
         if pretrained and not weights:  # timm downloads from the HF hub
@@ -175,5 +175,62 @@ def zoo_preprocessing(source: str, name: str) -> tuple[int, list[float], list[fl
     return int(t.crop_size[0]), list(t.mean), list(t.std)
 
 
-register_source("timm", _source(TimmTower))
-register_source("torchvision", _source(TorchvisionTower))
+TIMM_POOLINGS = {"pooler": None, "auto": None, "cls": "token", "mean": "avg"}
+
+
+def _check_zoo_args(cls, source: str, spec: str, args: dict[str, Any], models: Callable[[], list[str]]) -> dict:
+    """Checks shared by timm and torchvision towers; returns the arguments the tower passes on to the zoo."""
+    from .registry import check_call_args, signature_parameters
+
+    name = f"{source}:{spec}"
+    known = models()
+    if spec.split(".")[0] not in known:  # (timm names may carry a pretrained tag: vit_small_patch16_224.augreg_in1k)
+        import difflib
+
+        close = difflib.get_close_matches(spec, known, n=1)
+        raise ValueError(f"'{name}': {source} has no model '{spec}'" + (f"; did you mean '{close[0]}'?" if close else ""))
+    named, hints, open_ = signature_parameters(cls, skip=1)
+    mine = {k: v for k, v in args.items() if k != "image_size"}  # (the factory's; preprocessing sets the size)
+    check_call_args(name, mine, named, hints, open_)
+    if mine.get("weights") and not Path(mine["weights"]).is_file():
+        raise ValueError(f"'{name}' argument weights: file not found: {mine['weights']}")
+    return {k: v for k, v in mine.items() if k not in named}
+
+
+def check_timm_args(spec: str, args: dict[str, Any]) -> None:
+    """ValueError (one line) when `timm:<spec>` cannot be built with `args`: an unknown model, a tower argument of
+    the wrong type or an unknown pooling, a missing weights file; the model's own arguments are tried on the meta
+    device (no memory, no download), so a name the model does not take or a value it refuses fails here too."""
+    import timm
+
+    from .registry import check_choice
+
+    extra = _check_zoo_args(TimmTower, "timm", spec, args, timm.list_models)
+    check_choice(f"timm:{spec}", "pooling", args.get("pooling", "pooler"), list(TIMM_POOLINGS))
+    for key, value in extra.items():  # the model's own numbers: rates in [0, 1), counts and sizes not negative
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if "drop" in key and not 0 <= value < 1 or isinstance(value, int) and value < 0:
+                bound = "in [0, 1)" if "drop" in key else ">= 0"
+                raise ValueError(f"'timm:{spec}' argument {key} must be {bound}, got {value!r}")
+    if TIMM_POOLINGS[args.get("pooling", "pooler")] is not None:
+        extra["global_pool"] = TIMM_POOLINGS[args["pooling"]]
+    try:
+        with torch.device("meta"):
+            timm.create_model(spec, pretrained=False, num_classes=0, **extra)
+    except Exception as e:  # noqa: BLE001 - whatever the model's constructor refuses is the user's argument
+        raise ValueError(f"'timm:{spec}': {error_line(e) or type(e).__name__}") from None
+
+
+def check_torchvision_args(spec: str, args: dict[str, Any]) -> None:
+    """ValueError (one line) when `torchvision:<spec>` cannot be built with `args` (an unknown model, an argument
+    the tower does not take or of the wrong type, a pooling other than the model's own, a missing weights file)."""
+    from torchvision.models import list_models
+
+    from .registry import check_choice
+
+    _check_zoo_args(TorchvisionTower, "torchvision", spec, args, list_models)
+    check_choice(f"torchvision:{spec}", "pooling", args.get("pooling", "pooler"), ["pooler", "auto"])
+
+
+register_source("timm", _source(TimmTower), check_timm_args)
+register_source("torchvision", _source(TorchvisionTower), check_torchvision_args)

@@ -259,7 +259,7 @@ def build_hf_model(spec: str, modality: str, hf_config: dict[str, Any] | None = 
         return dual_tower(dual, modality), proj
     trust = {"trust_remote_code": trust_remote_code}
     from ..errors import ConfigError
-    from ..hub import HubUnavailable, load_from_hub
+    from ..hub import HubUnavailable, is_hub_id, load_from_hub
 
     def load() -> nn.Module:
         if pretrained:
@@ -269,7 +269,7 @@ def build_hf_model(spec: str, modality: str, hf_config: dict[str, Any] | None = 
         return AutoModel.from_config(AutoConfig.from_pretrained(path, **trust), **trust)
 
     try:
-        return (load() if Path(path).is_dir() else load_from_hub(load, f"hf:{spec}")), None
+        return (load_from_hub(load, f"hf:{spec}") if is_hub_id(path) and not Path(path).is_dir() else load()), None
     except HubUnavailable as e:
         raise ConfigError(str(e)) from None
     except (OSError, ValueError) as e:
@@ -329,4 +329,18 @@ def hf_preprocessing(spec: str) -> tuple[int, list[float], list[float]] | None:
     return size, as3(mean), as3(std)
 
 
-register_source("hf", hf_source)
+def check_hf_args(spec: str, args: dict[str, Any]) -> None:
+    """ValueError (one line) when `hf:<spec>` with the user's `args` cannot build: an argument hf_source does not
+    take or of the wrong type, an unknown pooling, a spec that is neither a directory nor a hub id."""
+    from ..hub import is_hub_id
+    from .registry import check_call_args, check_choice, signature_parameters
+
+    name = f"hf:{spec}"
+    named, hints, _ = signature_parameters(hf_source, skip=1)
+    check_call_args(name, args, named, hints, open_=False)  # (its **ignored is for the factory, not the user)
+    check_choice(name, "pooling", args.get("pooling", "auto"), POOLINGS)
+    if not Path(resolve_hf_path(spec)).is_dir() and not is_hub_id(spec):
+        raise ValueError(f"'{name}': no such directory, and not a hub id (name or owner/name)")
+
+
+register_source("hf", hf_source, check_hf_args)

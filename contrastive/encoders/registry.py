@@ -18,6 +18,7 @@ from ..errors import error_line
 
 _BUILDERS: dict[str, tuple[str, Callable[..., nn.Module]]] = {}
 _SOURCES: dict[str, Callable[..., nn.Module]] = {}
+_SOURCE_CHECKS: dict[str, Callable[[str, dict[str, Any]], None]] = {}
 
 
 def register_encoder(name: str, modality: str, builder: Callable[..., nn.Module]) -> None:
@@ -26,9 +27,13 @@ def register_encoder(name: str, modality: str, builder: Callable[..., nn.Module]
     _BUILDERS[name] = (modality, builder)
 
 
-def register_source(prefix: str, factory: Callable[..., nn.Module]) -> None:
-    """`factory(spec, modality=..., **overrides)` builds `prefix:spec` encoders."""
+def register_source(prefix: str, factory: Callable[..., nn.Module],
+                    check: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+    """`factory(spec, modality=..., **overrides)` builds `prefix:spec` encoders. `check(spec, args)` raises
+    ValueError (one line) when the user's `args` cannot build one, without building or downloading anything."""
     _SOURCES[prefix] = factory
+    if check is not None:
+        _SOURCE_CHECKS[prefix] = check
 
 
 def list_encoders(modality: str | None = None) -> list[str]:
@@ -64,20 +69,21 @@ def create_encoder(name: str, *, modality: str | None = None, **overrides) -> nn
 
 
 def _parameters(name: str) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
-    """(named parameters, their type hints, whether other names are accepted too) of what builds `name`.
+    """(named parameters, their type hints, whether other names are accepted too) of what builds built-in `name`.
 
-    A preset builder that only forwards `**overrides` is followed to the class it returns (its return annotation);
-    a source factory's first parameter (the spec) and `modality` are the registry's, not the user's."""
-    if ":" in name:
-        target: Callable = _SOURCES[name.split(":", 1)[0]]
-        skip = 1
-    else:
-        target, skip = _BUILDERS[name][1], 0
-        params = inspect.signature(target).parameters.values()
-        if all(p.kind is p.VAR_KEYWORD for p in params):
-            returned = _hints(target).get("return")
-            if inspect.isclass(returned):
-                target = returned
+    A preset builder that only forwards `**overrides` is followed to the class it returns (its return annotation)."""
+    target = _BUILDERS[name][1]
+    params = inspect.signature(target).parameters.values()
+    if all(p.kind is p.VAR_KEYWORD for p in params):
+        returned = _hints(target).get("return")
+        if inspect.isclass(returned):
+            target = returned
+    return signature_parameters(target)
+
+
+def signature_parameters(target: Callable, skip: int = 0) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
+    """(named parameters after the first `skip`, their type hints, whether `**kwargs` takes other names) of a
+    function or class; `modality` is the registry's, never the user's."""
     params = list(inspect.signature(target).parameters.values())[skip:]
     named = {p.name: p for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "modality"}
     hints = _hints(target.__init__ if inspect.isclass(target) else target)
@@ -123,12 +129,33 @@ def _out_of_range(key: str, value: Any) -> str:
 
 def check_encoder_args(name: str, args: dict[str, Any], build: bool = False) -> None:
     """Raise ValueError (one line, naming the argument) when `args` cannot build encoder `name`: a name its builder
-    does not take, a value of the wrong type, or a size out of range. Sources (`hf:`, `timm:`, ...) are checked on
-    the parameters their factory names. `build`: also build a built-in encoder on the meta device (no memory, no
-    weights), which catches combinations such as a width that the heads do not divide."""
-    if ":" in name and name.split(":", 1)[0] not in _SOURCES or ":" not in name and name not in _BUILDERS:
+    does not take, a value of the wrong type, or a size out of range. Sources (`hf:`, `timm:`, ...) are checked by
+    the check they registered (their tower's signature, choices, files; timm's model on the meta device). `build`:
+    also build a built-in encoder on the meta device (no memory, no weights), which catches combinations such as a
+    width that the heads do not divide."""
+    if ":" in name:
+        prefix, spec = name.split(":", 1)
+        if prefix in _SOURCE_CHECKS:
+            _SOURCE_CHECKS[prefix](spec, args)
+        return  # (create_encoder reports an unknown prefix)
+    if name not in _BUILDERS:
         return  # create_encoder reports the unknown name
-    named, hints, open_ = _parameters(name)
+    check_call_args(name, args, *_parameters(name))
+    if build:
+        import torch
+
+        try:
+            with torch.device("meta"):
+                _BUILDERS[name][1](**args)
+        except (ValueError, TypeError, RuntimeError) as e:
+            raise ValueError(f"'{name}': {error_line(e) or type(e).__name__}") from None
+
+
+def check_call_args(name: str, args: dict[str, Any], named: dict[str, inspect.Parameter], hints: dict[str, Any],
+                    open_: bool, ranges: bool = True) -> None:
+    """Raise ValueError when `args` do not fit the parameters (`signature_parameters`): a name not taken (unless
+    `open_`), a value of the wrong type, a numeric value out of range (`ranges`). Names `open_` lets through are
+    not checked here."""
     for key, value in args.items():
         if key not in named:
             if open_:
@@ -142,13 +169,11 @@ def check_encoder_args(name: str, args: dict[str, Any], build: bool = False) -> 
         if not _fits(value, tp):
             tname = getattr(tp, "__name__", str(tp).replace("typing.", ""))
             raise ValueError(f"'{name}' argument {key} expects {tname}, got {value!r}")
-        if reason := _out_of_range(key, value):
+        if ranges and (reason := _out_of_range(key, value)):
             raise ValueError(f"'{name}' argument {key} {reason}, got {value!r}")
-    if build and ":" not in name:
-        import torch
 
-        try:
-            with torch.device("meta"):
-                _BUILDERS[name][1](**args)
-        except (ValueError, TypeError, RuntimeError) as e:
-            raise ValueError(f"'{name}': {error_line(e) or type(e).__name__}") from None
+
+def check_choice(name: str, key: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
+    """Raise ValueError when a string argument is not one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"'{name}' argument {key} {value!r} is not one of {', '.join(choices)}")

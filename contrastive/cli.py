@@ -173,18 +173,23 @@ def plot_command(argv: list[str]) -> int:
     return 0
 
 
-@command("export", "write a checkpoint as a transformers directory (CLIPModel or VisionTextDualEncoderModel)")
+@command("export", "write a checkpoint as a transformers directory (CLIPModel or VisionTextDualEncoderModel) or ONNX encoders")
 def export_command(argv: list[str]) -> int:
-    parser = Parser(prog="contrastive export", description="Export to transformers' format.")
+    parser = Parser(prog="contrastive export", description="Export to transformers' format or to ONNX.")
     parser.add_argument("--checkpoint", required=True, help="run directory, checkpoint directory or HF directory")
     parser.add_argument("--output", required=True, help="a new or empty directory outside any run")
-    parser.add_argument("--no-verify", action="store_true", help="skip reloading with transformers and comparing")
+    parser.add_argument("--format", default="transformers", choices=["transformers", "onnx"],
+                        help="transformers: a from_pretrained directory; onnx: image_encoder.onnx + text_encoder.onnx")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip reloading (transformers / onnxruntime) and comparing with the toolkit's embeddings")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a non-empty --output, or write inside a run or checkpoint directory")
     args = parser.parse_args(argv)
     from .hf_export import export_hf, export_summary
+    from .onnx_export import export_onnx
 
-    diffs = export_hf(args.checkpoint, args.output, verify=not args.no_verify, overwrite=args.overwrite)
+    export = export_onnx if args.format == "onnx" else export_hf
+    diffs = export(args.checkpoint, args.output, verify=not args.no_verify, overwrite=args.overwrite)
     print(f"exported {args.checkpoint} -> {args.output}" + (f" (verified: {export_summary(diffs)})" if diffs else ""))
     return 0
 
@@ -215,6 +220,24 @@ def tokenizer_command(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "tokenizer.json").write_text(tok.to_str())
     print(f"wrote {out / 'tokenizer.json'} ({tok.get_vocab_size()} tokens); use it with model.tokenizer=bpe:{out}")
+    return 0
+
+
+@command("serve", "a local web page searching an embedded collection by text or image (FastAPI + uvicorn)")
+def serve_command(argv: list[str]) -> int:
+    parser = Parser(prog="contrastive serve", description="Serve a search page for an embedded collection.")
+    parser.add_argument("--index", required=True, help="folder written by contrastive embed (EMB)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int_at_least(0), default=8000, help="port (0: any free one, printed)")
+    parser.add_argument("--checkpoint", default=None, help="the model the collection was embedded with, if moved")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
+    args = parser.parse_args(argv)
+    if args.port > 65535:
+        parser.error(f"argument --port: must be <= 65535, got {args.port}")
+    args.device = device_option(args.device)
+    from .search.serve import serve
+
+    serve(args.index, host=args.host, port=args.port, checkpoint=args.checkpoint, device=args.device)
     return 0
 
 

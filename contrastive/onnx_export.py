@@ -107,7 +107,8 @@ def settings(model: nn.Module, tokenizer, cfg: ModelConfig) -> dict:
 @torch.no_grad()
 def write_onnx(model: nn.Module, tokenizer, cfg: ModelConfig, folder: Path, verify: bool = True) -> dict[str, float]:
     """Write the two encoders, the tokenizer and `preprocess.json` into `folder`; returns the max |difference|
-    between onnxruntime's and torch's embeddings on a sample batch (empty when `verify` is false)."""
+    between onnxruntime's and torch's embeddings on a sample batch (empty when `verify` is false). The graphs are
+    traced in fp32 on the CPU: `model` is moved there."""
     _require("onnx", "onnxscript", "onnxruntime")
     model = model.float().eval().cpu()
     folder = Path(folder)

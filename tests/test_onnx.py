@@ -105,7 +105,7 @@ class EighTower(nn.Module):
         return torch.linalg.eigvalsh(x @ x.transpose(1, 2))  # (B, 4)
 
 
-def test_a_model_that_cannot_be_exported_is_one_line(tmp_path, capsys):
+def test_a_model_that_cannot_be_exported_is_one_line(tmp_path):
     run = small_run(tmp_path)
     model, _, tokenizer = contrastive.load(run)
     bad = ContrastiveModel(EighTower(), model.text_encoder, 16)

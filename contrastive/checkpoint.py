@@ -73,26 +73,27 @@ def atomic_write_text(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
-def state_dict_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Contiguous, untied copies (safetensors refuses shared storage)."""
+def untied(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous tensors, copies where two names share storage (safetensors refuses shared storage)."""
     out = {}
     seen: dict[int, str] = {}
-    for k, v in model.state_dict().items():
+    for k, v in tensors.items():
         key = v.data_ptr()
         out[k] = v.detach().clone().contiguous() if key in seen else v.detach().contiguous()
         seen.setdefault(key, k)
     return out
 
 
-def save_checkpoint(directory: Path, model: torch.nn.Module, state: dict[str, Any], meta: dict[str, Any],
+def save_checkpoint(directory: Path, weights: dict[str, torch.Tensor], state: dict[str, Any], meta: dict[str, Any],
                     extra_files: dict[str, str] | None = None) -> Path:
-    """Write a checkpoint directory atomically; returns its final path. Raises CheckpointWriteError on failure."""
+    """Write a checkpoint directory atomically (`weights`: the model's state dict); returns its final path. Raises
+    CheckpointWriteError on failure."""
     directory = Path(directory)
     tmp: Path | None = None
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
-        save_file(state_dict_for_save(model), str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        save_file(untied(weights), str(tmp / MODEL_FILE), metadata={"format": "pt"})
         torch.save(state, tmp / STATE_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
         for name, text in (extra_files or {}).items():

@@ -48,7 +48,7 @@ def device_option(spec: str) -> str:
     """A --device value checked (one line on a bad one); `auto` becomes cuda when a GPU is visible, else cpu."""
     import torch
 
-    from .guards import parse_device
+    from .training.guards import parse_device
 
     if spec == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

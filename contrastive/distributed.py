@@ -1,5 +1,5 @@
 """torch.distributed plumbing: process group set-up from torchrun's environment, rank helpers, feature gathering
-with autograd, the per-rank loss over the global batch, and FSDP2 sharding of the towers."""
+with autograd, and FSDP2 sharding of the towers. (The loss over the global batch is `losses.batch`.)"""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import LossConfig
-from .losses import LOCAL_LOSSES, LOSSES
 
 
 @dataclass(frozen=True)
@@ -113,36 +111,6 @@ def all_gather_tensor(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(info.world_size)]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
-
-
-def global_batch_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
-                      logit_bias: torch.Tensor | None, image_ids: torch.Tensor | None, text_ids: torch.Tensor | None,
-                      loss_cfg: LossConfig, info: DistInfo) -> torch.Tensor:
-    """This rank's contrastive loss over the global batch; its mean over ranks is the loss of the whole batch.
-
-    image, text: (b, D) this rank's L2-normalised features (rows rank·b .. rank·b+b-1 of the global batch).
-    image_ids, text_ids: (b,) content ids (duplicate-aware targets) or None.
-    Local-loss mode scores this rank's b rows against all N gathered columns ((b, N) logits); global mode scores
-    the whole gathered (N, N) batch on every rank. A single process computes the plain loss either way.
-    """
-    chunk = loss_cfg.chunk_size or None
-    if not loss_cfg.duplicate_aware:
-        image_ids = text_ids = None
-    if not info.enabled:
-        ids = {} if image_ids is None else {"image_ids": image_ids, "text_ids": text_ids}
-        return LOSSES[loss_cfg.name](image, text, logit_scale, logit_bias, chunk_size=chunk, **ids)
-    all_image, all_text = all_gather_with_grad(image, info), all_gather_with_grad(text, info)  # (N, D)
-    all_ids = {}
-    if image_ids is not None:
-        all_ids = {"image_ids": all_gather_tensor(image_ids, info), "text_ids": all_gather_tensor(text_ids, info)}
-    if not loss_cfg.local_loss:
-        return LOSSES[loss_cfg.name](all_image, all_text, logit_scale, logit_bias, chunk_size=chunk, **all_ids)
-    local_ids = {}
-    if all_ids:
-        local_ids = {"image_ids": image_ids, "text_ids": text_ids,
-                     "all_image_ids": all_ids["image_ids"], "all_text_ids": all_ids["text_ids"]}
-    return LOCAL_LOSSES[loss_cfg.name](image, text, all_image, all_text, logit_scale, logit_bias,
-                                       offset=info.rank * image.shape[0], chunk_size=chunk, **local_ids)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

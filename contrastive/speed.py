@@ -5,15 +5,12 @@ Each switch has a config key and is measured on and off by `scripts/bench.py`:
 - `train.fused_qkv`: q/k/v of the built-in towers as one GEMM (`set_fused_qkv`); parameter names are unchanged.
 - `train.pooled_last_block`: the last block of the built-in towers computes only the pooled token
   (`set_pooled_last_block`); the features are the same.
-- `train.compile`: `torch.compile` of the model forward and the loss together (`step_loss_fn`).
-- `optim.fused` / `optim.foreach`: AdamW's fused kernel (CUDA and CPU) or its multi-tensor path (see `optim.py`).
+- `train.compile`: `torch.compile` of the model forward and the loss together (`training.step.step_loss_fn`).
+- `optim.fused` / `optim.foreach`: AdamW's fused kernel (CUDA and CPU) or its multi-tensor path (`training.optim`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
-import torch
 from torch import nn
 
 from .encoders.transformer import Attention, Encoder
@@ -34,12 +31,3 @@ def set_pooled_last_block(model: nn.Module, enable: bool = True) -> int:
     for m in encoders:
         m.pooled_last_block = enable
     return len(encoders)
-
-
-def step_loss_fn(loss_fn: Callable[..., torch.Tensor], compile: bool, **compile_args: Any) -> Callable[..., torch.Tensor]:
-    """`loss_fn(model, batch, cfg)` as is, or compiled as one graph: both towers' forward and the loss.
-
-    Compiling the function (not just the module) lets the compiler fuse the projection, normalisation and the
-    logits / cross-entropy of the loss with the towers' last layers.
-    """
-    return torch.compile(loss_fn, **compile_args) if compile else loss_fn

@@ -27,8 +27,10 @@ def one(args: argparse.Namespace) -> dict:
     from contrastive.config import Config, load_config
     from contrastive.distributed import DistInfo
     from contrastive.factory import create_model
-    from contrastive.optim import build_optimizer, param_groups
-    from contrastive.train import resolve_device, train_step
+    from contrastive.losses.batch import BatchLoss
+    from contrastive.training.optim import build_optimizer, param_groups
+    from contrastive.training.setup import resolve_device
+    from contrastive.training.step import train_step
 
     torch.manual_seed(0)
     args.batch, args.micro = args.batch[0], args.micro[0]
@@ -40,6 +42,8 @@ def one(args: argparse.Namespace) -> dict:
     model.to(device).train()
     optimizer = build_optimizer(model, cfg.optim, param_groups(model, cfg.optim))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
+    loss_fn = BatchLoss(cfg.loss)
+    settings = dict(precision=cfg.train.precision, grad_clip=cfg.optim.grad_clip, micro_batch_size=cfg.train.micro_batch_size)
     s, t = cfg.model.image_size, cfg.model.context_length
     batch = {
         "pixels": torch.randn(args.batch, 3, s, s, device=device),  # (B, 3, S, S)
@@ -47,14 +51,14 @@ def one(args: argparse.Namespace) -> dict:
         "image_ids": torch.arange(args.batch, device=device),
         "text_ids": torch.arange(args.batch, device=device),
     }
-    train_step(model, batch, optimizer, scaler, cfg, device)  # warm-up: allocates optimizer state
+    train_step(model, batch, optimizer, scaler, loss_fn, device, **settings)  # warm-up: allocates optimizer state
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for _ in range(args.steps):
-        loss, _ = train_step(model, batch, optimizer, scaler, cfg, device)
+        loss, _ = train_step(model, batch, optimizer, scaler, loss_fn, device, **settings)
     float(loss)
     sync()
     elapsed = time.perf_counter() - start
@@ -64,7 +68,7 @@ def one(args: argparse.Namespace) -> dict:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
     saved = SavedBytes()
     with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
-        train_step(model, batch, optimizer, scaler, cfg, device)
+        train_step(model, batch, optimizer, scaler, loss_fn, device, **settings)
     return {"batch": args.batch, "micro": args.micro, "device": device.type, "precision": args.precision,
             "samples_per_s": round(args.batch * args.steps / elapsed, 1), "peak_mib": round(peak, 1),
             "activations_mib": round(saved.peak / 2**20, 1), "threads": torch.get_num_threads()}

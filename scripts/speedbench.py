@@ -25,9 +25,10 @@ from torch import nn
 from contrastive.config import Config, LossConfig, OptimConfig, TrainConfig
 from contrastive.encoders import TextTransformer, VisionTransformer
 from contrastive.model import ContrastiveModel
-from contrastive.optim import build_optimizer, param_groups
-from contrastive.speed import set_fused_qkv, set_pooled_last_block, step_loss_fn
-from contrastive.train import compute_loss, train_step
+from contrastive.losses.batch import BatchLoss
+from contrastive.speed import set_fused_qkv, set_pooled_last_block
+from contrastive.training.optim import build_optimizer, param_groups
+from contrastive.training.step import compute_loss, step_loss_fn, train_step
 
 
 @dataclass(frozen=True)
@@ -153,12 +154,14 @@ def toolkit_contender(name: str, spec: BenchSpec, device: torch.device, precisio
     set_fused_qkv(model, options.fused_qkv)
     set_pooled_last_block(model, options.pooled_last_block)
     optimizer = build_optimizer(model, cfg.optim, param_groups(model, cfg.optim))
-    loss_fn = step_loss_fn(compute_loss, options.compile)
+    forward = step_loss_fn(compute_loss, options.compile)
+    loss_fn = BatchLoss(cfg.loss)
 
     def step(batch: dict[str, Any], scaler: torch.amp.GradScaler):
         if options.trim_padding and "trim_length" in batch:  # what the loader's collate does in its workers
             batch = {**batch, "tokens": batch["tokens"][:, : batch["trim_length"]]}
-        return train_step(model, batch, optimizer, scaler, cfg, device, loss_fn=loss_fn)[0]
+        return train_step(model, batch, optimizer, scaler, loss_fn, device, precision=cfg.train.precision,
+                          grad_clip=cfg.optim.grad_clip, forward=forward)[0]
 
     return Contender(name, model, optimizer, step, options.sync_each_step)
 

@@ -18,13 +18,13 @@ from contrastive.distributed import (
     DistInfo,
     all_reduce_mean,
     cleanup,
-    global_batch_loss,
     init_distributed,
     shard_model,
     sync_replicated_grads,
 )
 from contrastive.factory import create_model
-from contrastive.gradcache import gradcache_backward
+from contrastive.losses.batch import global_batch_loss
+from contrastive.training.step import gradcache_backward
 from tests.grads import ZERO_GRADIENT, ZERO_GRADIENT_CLIP, assert_grads_close
 
 TINY = {"layers": 1, "width": 32, "heads": 2}

@@ -32,7 +32,7 @@ FAST = ["model.image_encoder_args={layers: 1, width: 32, heads: 2}",
 
 
 def write(directory: Path, model: torch.nn.Module, step: int) -> Path:
-    return save_checkpoint(directory / f"step_{step:08d}", model, {"opt": {"x": torch.ones(3)}}, {"step": step})
+    return save_checkpoint(directory / f"step_{step:08d}", model.state_dict(), {"opt": {"x": torch.ones(3)}}, {"step": step})
 
 
 class Payload:

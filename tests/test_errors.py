@@ -118,12 +118,12 @@ BAD_ENCODER_ARGS = [
 
 @pytest.mark.parametrize("override,expected", BAD_ENCODER_ARGS)
 def test_encoder_args_that_cannot_build_exit_2_before_anything_runs(tmp_path, monkeypatch, override, expected):
-    import contrastive.train as train_module
+    import contrastive.training.recipe as recipe_module
 
     def unreachable(*args, **kwargs):
         raise AssertionError("the captions were read before the encoder arguments were checked")
 
-    monkeypatch.setattr(train_module, "_prepare_text", unreachable)
+    monkeypatch.setattr(recipe_module, "prepare_text", unreachable)
     rc, err = train_cli(tmp_path, "model.tokenizer=byte", "model.context_length=64", override)
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err

@@ -10,10 +10,10 @@ import contrastive
 from contrastive.checkpoint import load_state
 from contrastive.config import FinetuneConfig, OptimConfig, TowerTrainConfig, load_config
 from contrastive.encoders import create_encoder
-from contrastive.finetune import apply_finetune, finetune_param_groups, layer_ids, lr_scales
 from contrastive.model import ContrastiveModel
-from contrastive.optim import build_optimizer, param_groups
 from contrastive.train import train
+from contrastive.training.finetune import apply_finetune, finetune_param_groups, layer_ids, lr_scales
+from contrastive.training.optim import build_optimizer, param_groups
 from tests.conftest import ROOT
 
 

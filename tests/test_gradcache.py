@@ -5,10 +5,11 @@ import torch
 from torch import nn
 
 from contrastive.config import LossConfig, ModelConfig
-from contrastive.distributed import DistInfo, global_batch_loss
+from contrastive.distributed import DistInfo
 from contrastive.factory import create_model
-from contrastive.gradcache import gradcache_backward, split_batch
 from contrastive.losses import LOSSES
+from contrastive.losses.batch import global_batch_loss
+from contrastive.training.step import gradcache_backward, split_batch
 from contrastive.model import ContrastiveModel
 from tests.grads import assert_grads_close
 

@@ -8,10 +8,13 @@ import torch
 
 from contrastive.config import load_config
 from contrastive.factory import create_model
-from contrastive.guards import NonFiniteGuard, check_inputs
+from contrastive.training.guards import NonFiniteGuard, check_inputs
 from contrastive.data import DataError
-from contrastive.optim import build_optimizer, param_groups
-from contrastive.train import RunError, train, train_step
+from contrastive.errors import RunError
+from contrastive.losses.batch import BatchLoss
+from contrastive.train import train
+from contrastive.training.optim import build_optimizer, param_groups
+from contrastive.training.step import train_step
 from tests.conftest import ROOT
 
 SMALL = ["model.image_encoder_args={layers: 1, width: 32, heads: 2}",
@@ -52,7 +55,8 @@ def run_steps(cfg, model, batches, scaler):
                                 eps=cfg.optim.eps, fused=True)
     else:
         opt = build_optimizer(model, cfg.optim)
-    losses = [train_step(model, b, opt, scaler, cfg, device)[0] for b in batches]
+    losses = [train_step(model, b, opt, scaler, BatchLoss(cfg.loss), device, precision=cfg.train.precision,
+                         grad_clip=cfg.optim.grad_clip, micro_batch_size=cfg.train.micro_batch_size)[0] for b in batches]
     return opt, losses
 
 

@@ -142,10 +142,10 @@ def test_content_ids():
 
 
 def test_dense_ids_group_equal_ids_without_a_host_count():
-    from contrastive.losses import _dense_ids
+    from contrastive.losses.positives import dense_ids
 
     ids = torch.tensor([907, -3, 907, 5, -3, 907, 2**40])
-    labels, bound = _dense_ids(ids)
+    labels, bound = dense_ids(ids)
     assert bound == len(ids) and labels.min() >= 0 and labels.max() < bound
     same = ids[:, None] == ids[None, :]
     assert torch.equal(labels[:, None] == labels[None, :], same)  # equal ids <=> equal labels

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from contrastive.signals import GracefulStop, Interrupted
+from contrastive.training.signals import GracefulStop, Interrupted
 from tests.crash_helpers import kill, launch, logged_steps, wait_for, write_in_progress
 
 

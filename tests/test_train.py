@@ -179,7 +179,7 @@ def test_best_checkpoint_comes_from_an_evaluation_of_its_own_weights(tmp_path):
 
 
 def test_resume_picks_only_this_configs_own_runs(tmp_path):
-    from contrastive.train import resolve_run_dir
+    from contrastive.training.run_dir import resolve_run_dir
 
     for name in ("shapes_tiny-20260101-000000", "shapes_tiny-large-20270101-000000", "shapes_tiny-20250101-000000"):
         (tmp_path / name).mkdir()
@@ -231,13 +231,13 @@ def test_overwrite_keeps_the_earlier_run_until_the_new_one_has_a_checkpoint(tmp_
     assert len(err) == 1 and "bad sample" in err[0]
     assert {p.relative_to(tmp_path / "run"): p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
     # also when the failure is an internal error (a traceback)
-    import contrastive.train as train_module
+    import contrastive.training.recipe as recipe_module
 
     def broken_step(*args, **kwargs):
         raise RuntimeError("boom")
 
     with monkeypatch.context() as m:
-        m.setattr(train_module, "train_step", broken_step)
+        m.setattr(recipe_module, "train_step", broken_step)
         with pytest.raises(RuntimeError, match="boom"):
             main(argv)
     assert (tmp_path / "run" / "notes.txt").read_text() == "an earlier run"
@@ -249,7 +249,7 @@ def test_overwrite_keeps_the_earlier_run_until_the_new_one_has_a_checkpoint(tmp_
 
 
 def test_a_killed_overwrite_is_recovered_at_the_next_start(tmp_path):
-    from contrastive.train import recover_replaced, replaced_path
+    from contrastive.training.run_dir import recover_replaced, replaced_path
 
     run = tmp_path / "run"
     # killed before the new run's first checkpoint: the earlier run is put back
@@ -268,7 +268,7 @@ def test_a_killed_overwrite_is_recovered_at_the_next_start(tmp_path):
 
 
 def test_metrics_logger_ends_a_line_cut_by_a_kill(tmp_path):
-    from contrastive.train import MetricsLogger
+    from contrastive.training.logging import MetricsLogger
 
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
     logger = MetricsLogger(tmp_path, enabled=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .config import FinetuneConfig, OptimConfig, TowerTrainConfig
+from ..config import FinetuneConfig, OptimConfig, TowerTrainConfig
 from .optim import no_weight_decay
 
 TOWERS = ("image", "text")

@@ -18,9 +18,9 @@ from typing import Callable
 
 import torch
 
-from .checkpoint import CheckpointError, CheckpointWriteError, latest_checkpoint
-from .config import Config
-from .data import DataError
+from ..checkpoint import latest_checkpoint
+from ..config import Config
+from ..errors import CheckpointError, CheckpointWriteError, ConfigError, DataError
 
 
 def step_if_finite(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: torch.Tensor,
@@ -95,8 +95,6 @@ def save_or_report(write: Callable[[], Path], step: int, checkpoint_dir: Path, o
 def parse_device(spec: str, key: str = "train.device") -> torch.device:
     """`cpu`, `cuda` or `cuda:N` (a GPU that exists) as a torch.device; anything else is a ConfigError naming `key`.
     (`auto` is resolved by the caller.)"""
-    from .errors import ConfigError
-
     try:
         device = torch.device(spec)
     except (RuntimeError, ValueError, TypeError):
@@ -127,9 +125,8 @@ def check_inputs(cfg: Config) -> None:
 def check_encoder_settings(cfg: Config) -> None:
     """Encoder arguments that cannot build a tower (unknown names, wrong types, sizes out of range, combinations
     such as heads that do not divide the width) fail here, in one line, before any data is read."""
-    from .errors import ConfigError
-    from .encoders import encoder_modality
-    from .encoders.registry import check_encoder_args
+    from ..encoders import encoder_modality
+    from ..encoders.registry import check_encoder_args
 
     m = cfg.model
     for tower, name, given in (("image", m.image_encoder, m.image_encoder_args), ("text", m.text_encoder, m.text_encoder_args)):

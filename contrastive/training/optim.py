@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .config import OptimConfig
+from ..config import OptimConfig
 
 # names of parameters that never get weight decay, besides every parameter with ndim <= 1
 _NO_DECAY_NAMES = ("embedding", "class_embedding", "logit_scale", "logit_bias")

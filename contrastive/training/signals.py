@@ -18,7 +18,7 @@ from types import FrameType
 
 import torch
 
-from .distributed import DistInfo
+from ..distributed import DistInfo
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

@@ -1,4 +1,7 @@
-"""Gradient caching: the contrastive loss of a large batch with the activation memory of one micro-batch.
+"""One optimizer step (`train_step`), and gradient caching: the contrastive loss of a large batch with the
+activation memory of one micro-batch (`gradcache_backward`).
+
+Gradient caching:
 
 1. Embed the batch micro-batch by micro-batch without autograd, recording the RNG state before each one.
 2. Compute the loss over the whole batch on the detached embeddings (and temperature/bias) as leaves, and
@@ -19,6 +22,17 @@ from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 from torch import Tensor, nn
+
+from ..distributed import (
+    DistInfo,
+    clip_sharded_grad_norm_,
+    is_sharded,
+    sync_replicated_grads,
+)
+from ..evaluate import autocast_context
+from ..losses.batch import BatchLoss
+from ..model import ContrastiveModel
+from .guards import step_if_finite
 
 # (image (B, D), text (B, D), logit_scale (), logit_bias () or None) -> 0-dim loss
 LossFn = Callable[[Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
@@ -129,3 +143,75 @@ def gradcache_backward(
             surrogate.backward()
     _set_rng_state(rng_after, device)
     return loss.detach()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# one optimizer step
+
+
+def compute_loss(model: nn.Module, batch: dict[str, Any], loss_fn: BatchLoss) -> Tensor:
+    """Forward both towers on this rank's batch and return its contrastive loss over the global batch (0-dim)."""
+    out = model(batch["pixels"], batch["tokens"])
+    return loss_fn(out.image_embeds, out.text_embeds, out.logit_scale, out.logit_bias, batch["image_ids"],
+                   batch["text_ids"])
+
+
+def step_loss_fn(loss_fn: Callable[..., Tensor], compile: bool, **compile_args: Any) -> Callable[..., Tensor]:
+    """`compute_loss(model, batch, loss_fn)` as is, or compiled as one graph: both towers' forward and the loss.
+
+    Compiling the function (not just the module) lets the compiler fuse the projection, normalisation and the
+    logits / cross-entropy of the loss with the towers' last layers.
+    """
+    return torch.compile(loss_fn, **compile_args) if compile else loss_fn
+
+
+def unwrap(model: nn.Module) -> ContrastiveModel:
+    """The ContrastiveModel inside DDP and/or torch.compile wrappers."""
+    while isinstance(model, nn.parallel.DistributedDataParallel) or hasattr(model, "_orig_mod"):
+        model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model._orig_mod
+    return model
+
+
+def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, loss_fn: BatchLoss, device: torch.device, *, precision: str = "fp32",
+               grad_clip: float = 0.0, micro_batch_size: int = 0, info: DistInfo = DistInfo(),
+               forward: Callable[..., Tensor] = compute_loss, cudagraphs: bool = False) -> tuple[Tensor, Tensor]:
+    """One optimizer step; returns (loss, grad norm) as 0-dim device tensors (no host sync).
+
+    batch: "pixels" (b, 3, H, W), "tokens" (b, T) or a dict of them, "image_ids" / "text_ids" (b,).
+    micro_batch_size: 0 < m < b embeds m rows at a time (gradient caching); `forward` may be `compute_loss`
+    compiled (see `step_loss_fn`); `cudagraphs` marks a new step for CUDA-graph replay (compile mode
+    reduce-overhead). A NaN/inf loss or gradient leaves weights and optimizer state as they were.
+    """
+    if cudagraphs:
+        torch.compiler.cudagraph_mark_step_begin()  # a new step: CUDA-graph outputs of the last one may be reused
+    if 0 < micro_batch_size < batch["pixels"].shape[0]:
+        def batch_loss(image: Tensor, text: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
+            return loss_fn(image, text, scale, bias, batch["image_ids"], batch["text_ids"])
+
+        loss = gradcache_backward(model, batch["pixels"], batch["tokens"], batch_loss, micro_batch_size,
+                                  autocast=lambda: autocast_context(device, precision), scale_loss=scaler.scale)
+    else:
+        with autocast_context(device, precision):
+            loss = forward(model, batch, loss_fn)
+        scaler.scale(loss).backward()
+    grad_norm = _unscale_and_clip(model, optimizer, scaler, grad_clip, info)
+    step_if_finite(optimizer, scaler, loss, grad_norm)
+    optimizer.zero_grad(set_to_none=True)
+    unwrap(model).clamp_logit_scale_()
+    return loss.detach(), grad_norm.detach()
+
+
+def _unscale_and_clip(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                      grad_clip: float, info: DistInfo) -> Tensor:
+    """The global gradient norm (0-dim) after unscaling, clipped to `grad_clip` when > 0."""
+    sharded = is_sharded(unwrap(model))
+    if sharded:
+        sync_replicated_grads(model, info)
+    scaler.unscale_(optimizer)
+    if sharded:
+        return clip_sharded_grad_norm_(model, grad_clip)
+    params = [p for p in model.parameters() if p.grad is not None]
+    if grad_clip > 0:
+        return torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))

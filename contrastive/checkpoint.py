@@ -231,6 +231,22 @@ def load_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path / STATE_FILE}: unreadable ({reason})") from None
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory (-> its latest checkpoint), a `checkpoints/` folder, or a checkpoint directory."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"no such checkpoint or run directory: {path}")
+    if p.is_file() and p.name.endswith(".safetensors"):
+        p = p.parent
+    if is_checkpoint(p):
+        return p
+    for folder in (p / "checkpoints", p):
+        found = latest_checkpoint(folder)
+        if found is not None:
+            return found
+    raise CheckpointError(f"{path} holds no checkpoint (expected model.safetensors + meta.json, or a run directory)")
+
+
 def prune_checkpoints(checkpoint_dir: Path, keep: int, protect: set[str] = frozenset()) -> None:
     """Delete all but the newest `keep` checkpoints (and any in `protect`, e.g. the best)."""
     found = list_checkpoints(checkpoint_dir)

@@ -1,7 +1,8 @@
 """Reading transformers formats: `CLIPModel` / `VisionTextDualEncoderModel` directories, and checkpoints of models
 with HF towers.
 
-`contrastive.load(DIR)` (and `model.init_from: DIR`) accept a `save_pretrained` directory:
+`contrastive.load(DIR)` (and `model.init_from: DIR`) accept a `save_pretrained` directory (`factory.load` checks
+for one explicitly):
 - `CLIPModel` -> the built-in ViT and text Transformer (same layout, weights copied one to one) when the config
   fits them (gelu / quick_gelu, LayerNorm eps 1e-5); otherwise the HF CLIP towers (`hf:<dir>`, pooler pooling);
 - `VisionTextDualEncoderModel` -> its two towers as `hf:<dir>` with pooler pooling (what transformers applies).
@@ -22,7 +23,9 @@ from typing import Any
 
 import torch
 
-from .checkpoint import CheckpointError
+from .builder import create_model, fit_weights
+from .checkpoint import resolve_checkpoint
+from .errors import CheckpointError
 
 TOWERS_FILE, TOKENIZER_FILE = "hf_towers.json", "hf_tokenizer.json"
 _DUAL_TYPES = ("clip", "vision-text-dual-encoder")
@@ -111,17 +114,12 @@ def load_hf_dir(path: Path, device: str | torch.device = "cpu"):
     """`contrastive.load` for CLIPModel / VisionTextDualEncoderModel directories -> (model, preprocess, tokenizer)."""
     from .data import build_transform
     from .encoders.hf import load_dual_model
-    from .factory import create_model
-
     cfg = model_config_from_hf(path)
     if cfg.image_encoder.startswith("hf:"):  # the weights below replace the towers' own: skip loading them twice
         cfg = dataclasses.replace(cfg, image_encoder_args={**cfg.image_encoder_args, "pretrained": False},
                                   text_encoder_args={**cfg.text_encoder_args, "pretrained": False})
     model, tokenizer = create_model(cfg)
-    missing, unexpected = model.load_state_dict(hf_state_dict(load_dual_model(path), model), strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.to(device).eval()
+    fit_weights(model, hf_state_dict(load_dual_model(path), model), str(path), device)
     return model, build_transform(cfg, None, train=False), tokenizer
 
 
@@ -153,9 +151,8 @@ def checkpoint_files(model, tokenizer) -> dict[str, str]:
     return files
 
 
-def _bundled_checkpoint(path: Path) -> Path | None:
-    from .factory import resolve_checkpoint
-
+def bundled_checkpoint(path: Path) -> Path | None:
+    """The checkpoint `path` names when it carries HF tower configs or tokenizer files, else None."""
     try:
         ckpt = resolve_checkpoint(path)
     except CheckpointError:
@@ -184,9 +181,7 @@ def load_bundled_checkpoint(path: Path, device: str | torch.device = "cpu"):
     from .checkpoint import load_weights, read_meta
     from .config import config_from_dict
     from .data import build_transform
-    from .factory import create_model
-
-    ckpt = _bundled_checkpoint(path)
+    ckpt = bundled_checkpoint(path)
     model_cfg = config_from_dict(read_meta(ckpt)["config"]).model
     cfg = dataclasses.replace(model_cfg, init_from="", trust_remote_code=False)  # loading never imports model code
     tokenizer = load_bundled_tokenizer(ckpt, cfg.context_length) if (ckpt / TOKENIZER_FILE).is_file() else None
@@ -200,18 +195,5 @@ def load_bundled_checkpoint(path: Path, device: str | torch.device = "cpu"):
 
         tokenizer = load_tokenizer_file(ckpt / "tokenizer.json", cfg.context_length)
     model, tokenizer = create_model(cfg, tokenizer)
-    missing, unexpected = model.load_state_dict(load_weights(ckpt), strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{ckpt}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.to(device).eval()
+    fit_weights(model, load_weights(ckpt), str(ckpt), device)
     return model, build_transform(cfg, None, train=False), tokenizer
-
-
-def _register() -> None:
-    from .factory import register_loader
-
-    register_loader(is_hf_dual_dir, load_hf_dir)
-    register_loader(lambda p: _bundled_checkpoint(p) is not None, load_bundled_checkpoint)
-
-
-_register()

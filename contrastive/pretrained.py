@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from torch import nn
-
 from .config import ModelConfig
 
 
@@ -50,20 +48,3 @@ def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
             cfg = dataclasses.replace(cfg, image_size=int(size or cfg.image_size),
                                       image_mean=list(mean or cfg.image_mean), image_std=list(std or cfg.image_std))
     return cfg
-
-
-def copy_pretrained_projections(model: nn.Module) -> list[str]:
-    """Copy projections that came with the towers (a CLIP directory's `visual_projection`) into the model where
-    the shapes fit; returns the names of the projections copied. Others keep their fresh init (normal, std
-    1/sqrt(width), which keeps embeddings at unit scale before normalisation)."""
-    import torch
-
-    copied = []
-    for tower, proj in (("image_encoder", "image_projection"), ("text_encoder", "text_projection")):
-        weight = getattr(getattr(model, tower), "pretrained_projection", None)
-        target = getattr(model, proj).weight
-        if weight is not None and tuple(weight.shape) == tuple(target.shape):
-            with torch.no_grad():
-                target.copy_(weight)
-            copied.append(proj)
-    return copied

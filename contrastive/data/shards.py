@@ -31,7 +31,7 @@ from ..config import DataConfig
 from ..errors import error_line
 from .bad import BadRecord, BadSample, DataError
 from .images import decode_image
-from .loader import Collate, Sample, load_sample, sample_seed
+from .samples import Collate, Sample, load_sample, sample_seed
 from .sources import RawSample, pick_caption, stable_id
 
 DEFAULT_IMAGE_EXTS = "jpg;jpeg;png;webp"

@@ -15,7 +15,7 @@ from ..config import Config, ModelConfig, TrainConfig
 from ..distributed import DistInfo, broadcast_object, shard_model
 from ..encoders.hf import HFTower
 from ..errors import CheckpointError, ConfigError
-from ..factory import create_model
+from ..builder import create_model, fit_weights
 from ..model import ContrastiveModel
 from ..speed import set_fused_qkv, set_pooled_last_block
 from .finetune import apply_finetune
@@ -79,10 +79,7 @@ def init_weights_from(model: ContrastiveModel, source: str) -> None:
     from ..factory import load
 
     other, _, _ = load(source)
-    missing, unexpected = model.load_state_dict(other.state_dict(), strict=False)
-    if missing or unexpected:
-        raise ConfigError(f"model.init_from={source}: weights do not fit this model (missing {missing[:3]}, "
-                          f"unexpected {unexpected[:3]})")
+    fit_weights(model, other.state_dict(), f"model.init_from={source}", error=ConfigError)
 
 
 def build_model(cfg: Config, tokenizer: Any, device: torch.device, info: DistInfo) -> tuple[ContrastiveModel, Any]:

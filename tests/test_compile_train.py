@@ -1,0 +1,56 @@
+"""`train.compile=true` through `train()`: the compiled run takes the eager run's steps (losses and weights)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT
+
+TINY = ["model.image_encoder_args={layers: 1, width: 64, heads: 2}", "model.text_encoder_args={layers: 1, width: 64, heads: 2}",
+        "model.embed_dim=32", "model.image_size=32", "data.num_workers=0", "data.val=", "train.batch_size=4",
+        "train.max_steps=3", "train.log_every_n_steps=1", "train.progress_bar=false", "model.tokenizer=byte",
+        "model.context_length=24", "train.run_name=run"]
+
+
+def compiler_available() -> str:
+    """'' when torch.compile can build CPU kernels here, else why not."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        return "torch.compile's CPU backend needs a C compiler (apt-get install build-essential)"
+    return ""
+
+
+def run(tmp: Path, table: Path, *extra: str) -> tuple[list[float], dict[str, torch.Tensor]]:
+    from contrastive.config import load_config
+    from contrastive.training import train
+
+    cfg = load_config(ROOT / "configs/shapes_tiny.yaml", [*TINY, f"data.train={table}", f"train.output_dir={tmp}", *extra])
+    with contextlib.redirect_stderr(io.StringIO()):
+        path = train(cfg)
+    rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    step = (path / "checkpoints" / "latest").read_text().strip()
+    return losses, load_file(str(path / "checkpoints" / step / "model.safetensors"))
+
+
+@pytest.mark.slow  # compiling forward and backward takes a minute or more on a small CPU
+@pytest.mark.skipif(bool(compiler_available()), reason=compiler_available() or "-")
+def test_compiled_training_takes_the_eager_steps(tmp_path):
+    lines = (ROOT / "data/shapes/train.csv").read_text().splitlines()
+    table = tmp_path / "train.csv"
+    table.write_text("\n".join([lines[0], *(str(ROOT / "data/shapes") + "/" + line for line in lines[1:13])]) + "\n")
+    eager_losses, eager = run(tmp_path / "eager", table)
+    compiled_losses, compiled = run(tmp_path / "compiled", table, "train.compile=true")
+    assert len(eager_losses) == len(compiled_losses) == 3
+    torch.testing.assert_close(torch.tensor(compiled_losses), torch.tensor(eager_losses), rtol=1e-4, atol=1e-5)
+    assert eager_losses[0] != eager_losses[-1]  # (it did train)
+    assert eager.keys() == compiled.keys()
+    for name in eager:  # the compiler reorders sums: equal to float tolerance after three Adam steps
+        torch.testing.assert_close(compiled[name], eager[name], rtol=1e-3, atol=1e-4, msg=name)

@@ -141,6 +141,8 @@ def eval_command(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int_at_least(1), default=256, help="images or texts per forward pass")
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--weights", default="model", choices=["model", "ema"],
+                        help="the trained weights, or their moving average (runs with train.ema_decay)")
     args = parser.parse_args(argv)
     args.device = device_option(args.device)
     import json
@@ -151,7 +153,7 @@ def eval_command(argv: list[str]) -> int:
     result = evaluate_dataset(args.checkpoint, args.data, args.task, image_key=args.image_key,
                               caption_key=args.caption_key, class_key=args.class_key, classes_file=args.classes,
                               templates_file=args.templates, batch_size=args.batch_size, device=args.device,
-                              precision=args.precision)
+                              precision=args.precision, weights=args.weights)
     text = json.dumps(result, indent=1)
     print(text)
     if args.output:
@@ -184,12 +186,15 @@ def export_command(argv: list[str]) -> int:
                         help="skip reloading (transformers / onnxruntime) and comparing with the toolkit's embeddings")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a non-empty --output, or write inside a run or checkpoint directory")
+    parser.add_argument("--weights", default="model", choices=["model", "ema"],
+                        help="the trained weights, or their moving average (runs with train.ema_decay)")
     args = parser.parse_args(argv)
     from .hf_export import export_hf, export_summary
     from .onnx_export import export_onnx
 
     export = export_onnx if args.format == "onnx" else export_hf
-    diffs = export(args.checkpoint, args.output, verify=not args.no_verify, overwrite=args.overwrite)
+    diffs = export(args.checkpoint, args.output, verify=not args.no_verify, overwrite=args.overwrite,
+                   weights=args.weights)
     print(f"exported {args.checkpoint} -> {args.output}" + (f" (verified: {export_summary(diffs)})" if diffs else ""))
     return 0
 
@@ -238,6 +243,54 @@ def serve_command(argv: list[str]) -> int:
     from .search.serve import serve
 
     serve(args.index, host=args.host, port=args.port, checkpoint=args.checkpoint, device=args.device)
+    return 0
+
+
+@command("wise-ft", "interpolate a start and a fine-tuned checkpoint in weight space (one alpha, or a sweep with a plot)")
+def wise_ft_command(argv: list[str]) -> int:
+    parser = Parser(prog="contrastive wise-ft", description="WiSE-FT: (1 - alpha) * start + alpha * fine-tuned.")
+    parser.add_argument("--start", required=True, help="the starting checkpoint or run directory")
+    parser.add_argument("--finetuned", required=True, help="the fine-tuned checkpoint or run directory (same model)")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--alpha", type=float, help="write this interpolation as a checkpoint at --output")
+    group.add_argument("--alphas", help="sweep these (e.g. 0,0.25,0.5,0.75,1): evaluate each, write a table and a plot")
+    parser.add_argument("--output", required=True, help="--alpha: the new checkpoint folder; --alphas: the results folder")
+    parser.add_argument("--weights", default="model", choices=["model", "ema"], help="the fine-tuned run's weights to use")
+    parser.add_argument("--eval-target", help="--alphas: the fine-tuning target's held-out table")
+    parser.add_argument("--eval-reference", help="--alphas: a table of what the start knew")
+    parser.add_argument("--target-task", default="retrieval", choices=["retrieval", "zeroshot"])
+    parser.add_argument("--reference-task", default="retrieval", choices=["retrieval", "zeroshot"])
+    parser.add_argument("--class-key", default="label", help="zeroshot: column holding each image's class")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=256, help="images or texts per forward pass")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
+    args = parser.parse_args(argv)
+    args.device = device_option(args.device)
+    from .config import ConfigError
+    from .wise_ft import check_alpha, parse_alphas, wise_ft
+
+    if args.alpha is not None:
+        check_alpha(args.alpha)
+        out = wise_ft(args.start, args.finetuned, args.alpha, args.output, weights=args.weights)
+        print(f"wrote {out} (alpha {args.alpha:g} of {args.start} -> {args.finetuned})")
+        return 0
+    alphas = parse_alphas(args.alphas)
+    if not (args.eval_target and args.eval_reference):
+        raise ConfigError("--alphas needs --eval-target and --eval-reference (the tables each alpha is scored on)")
+    from .evaluate import read_eval_table
+    from .wise_ft import headline, sweep, write_sweep
+
+    target = read_eval_table(args.eval_target, args.target_task, class_key=args.class_key)
+    reference = read_eval_table(args.eval_reference, args.reference_task, class_key=args.class_key)
+    points = sweep(args.start, args.finetuned, alphas, target, reference, weights=args.weights,
+                   batch_size=args.batch_size, device=args.device)
+    tm, rm = headline(args.target_task), headline(args.reference_task)
+    print(f"{'alpha':>6}  {'target ' + tm:>32}  {'reference ' + rm:>35}")
+    for p in points:
+        print(f"{p.alpha:6.2f}  {p.target[tm]:32.4f}  {p.reference[rm]:35.4f}")
+    table, plot = write_sweep(points, args.output, args.target_task, args.reference_task,
+                              {"start": args.start, "finetuned": args.finetuned, "weights": args.weights,
+                               "target": args.eval_target, "reference": args.eval_reference})
+    print(f"wrote {table} and {plot}")
     return 0
 
 

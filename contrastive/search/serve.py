@@ -108,28 +108,15 @@ def create_app(index: Index):
 
     @app.get("/thumb/{id}")
     def thumb(id: str):
-        return Response(thumbnail(check_id(id)), media_type="image/jpeg")
+        return Response(thumbnail(image_id(index, id)), media_type="image/jpeg")
 
     @app.get("/image/{id}")
     def image(id: str):
-        i = check_id(id)
-        path = file_of(i)
+        i = image_id(index, id)
+        path = image_file(index, i)
         if path is not None:
             return FileResponse(path)
         return Response(png(index.open_image(i)), media_type="image/png")  # a shard member, a dataset's bytes
-
-    def check_id(text: str) -> int:
-        """The embedding id in a URL; anything else (a path, a negative or unknown number) is 404."""
-        if not text.isdigit() or int(text) >= len(index):
-            raise HTTPException(404, "no such image")
-        file_of(int(text))  # 403 when it leads outside the collection
-        return int(text)
-
-    def file_of(i: int) -> Path | None:
-        try:
-            return index.image_path(i)
-        except DataError:
-            raise HTTPException(403, "outside the collection") from None
 
     @lru_cache(maxsize=2048)
     def thumbnail(i: int) -> bytes:
@@ -141,6 +128,23 @@ def create_app(index: Index):
         return jpeg(img)
 
     return app
+
+
+def image_id(index: Index, text: str) -> int:
+    """The embedding id in a URL; anything else (a path, a negative or unknown number) is 404, an image whose file
+    leads outside the collection 403."""
+    if not text.isdigit() or int(text) >= len(index):
+        raise HTTPException(404, "no such image")
+    image_file(index, int(text))
+    return int(text)
+
+
+def image_file(index: Index, i: int) -> Path | None:
+    """The checked file of image `i` (None for images that are no file); 403 outside the collection."""
+    try:
+        return index.image_path(i)
+    except DataError:
+        raise HTTPException(403, "outside the collection") from None
 
 
 def decode_upload(data: bytes):

@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from .errors import CheckpointError, CheckpointWriteError, error_line
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.pt", "meta.json"
+EMA_FILE = "ema.safetensors"  # the moving average of the weights, when the run keeps one (train.ema_decay)
 
 
 DELAY_ENV = "CONTRASTIVE_CHECKPOINT_WRITE_DELAY"
@@ -85,15 +86,19 @@ def untied(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(directory: Path, weights: dict[str, torch.Tensor], state: dict[str, Any], meta: dict[str, Any],
-                    extra_files: dict[str, str] | None = None) -> Path:
+                    extra_files: dict[str, str] | None = None,
+                    ema_weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a checkpoint directory atomically (`weights`: the model's state dict); returns its final path. Raises
-    CheckpointWriteError on failure."""
+    CheckpointWriteError on failure.
+    `ema_weights`: the moving average of the weights, written beside them as `ema.safetensors`."""
     directory = Path(directory)
     tmp: Path | None = None
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
         save_file(untied(weights), str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        if ema_weights is not None:
+            save_file(untied(ema_weights), str(tmp / EMA_FILE), metadata={"format": "pt"})
         torch.save(state, tmp / STATE_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
         for name, text in (extra_files or {}).items():
@@ -212,11 +217,15 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: {META_FILE} is corrupt (not valid JSON)") from None
 
 
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
+def load_weights(path: Path, weights: str = "model") -> dict[str, torch.Tensor]:
+    """The trained weights of a checkpoint, or with `weights="ema"` their moving average."""
+    file = path / (EMA_FILE if weights == "ema" else MODEL_FILE)
+    if weights == "ema" and not file.is_file():
+        raise CheckpointError(f"{path} has no EMA weights ({EMA_FILE}); train with train.ema_decay > 0 to keep them")
     try:
-        return load_file(str(path / MODEL_FILE))
+        return load_file(str(file))
     except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(f"{path / MODEL_FILE}: not a readable safetensors file ({e})") from None
+        raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
 
 
 def load_state(path: Path) -> dict[str, Any]:

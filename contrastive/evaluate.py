@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -116,7 +117,10 @@ def evaluate_records(model: ContrastiveModel, records: list[Record], preprocess:
 
 # Progress-bar names of the headline eval metrics (the bar is narrow; metrics.jsonl keeps the full names).
 _POSTFIX = {"val/text_retrieval_recall@1": "i2t@1", "val/image_retrieval_recall@1": "t2i@1",
-            "val/caption_ranking_acc1": "rank@1", "val/acc1": "zs@1"}
+            "val/caption_ranking_acc1": "rank@1", "val/acc1": "zs@1",
+            # forgetting: the share of the start's reference scores kept (see contrastive.reference)
+            "ref/retained_text_retrieval_recall@1": "kept_i2t@1", "ref/retained_image_retrieval_recall@1": "kept_t2i@1",
+            "ref/retained_acc1": "kept_zs@1"}
 
 
 def eval_postfix(metrics: dict[str, float]) -> dict[str, str]:
@@ -222,41 +226,84 @@ def describe_model(checkpoint: str | Path) -> tuple[str, str]:
         return Path(checkpoint).name, str(checkpoint)
 
 
-def evaluate_dataset(checkpoint: str | Path, data: str | Path, task: str, *, image_key: str = "image",
-                     caption_key: str = "", class_key: str = "", classes_file: str | Path | None = None,
-                     templates_file: str | Path | None = None, batch_size: int = 256, device: str = "cpu",
-                     precision: str = "fp32") -> dict[str, Any]:
-    """Evaluate a checkpoint on a table and return a CLIP_benchmark-shaped result record.
+@dataclass
+class EvalTable:
+    """A held-out table read once and evaluated many times (`eval`, reference sets during training, WiSE-FT sweeps).
 
-    task "zeroshot": labels from the `class_key` column; class names from `classes_file` (one per line; labels may
-    be names or 0-based indices) or else the column's distinct values; templates from `templates_file` or the
-    default set. task "retrieval": captions from `caption_key` (default: "captions" in JSONL, else "caption";
-    a list of captions per image counts each of them as correct).
-    """
+    task "retrieval": `records` with their captions. task "zeroshot": `records` whose captions hold each image's
+    class (the class column read as the caption column), `classnames` / `templates` None for the defaults."""
+
+    name: str
+    task: str
+    records: list[Record]
+    classnames: list[str] | None = None
+    templates: list[str] | None = None
+
+
+def read_eval_table(data: str | Path, task: str, *, image_key: str = "image", caption_key: str = "",
+                    class_key: str = "", classes_file: str | Path | None = None,
+                    templates_file: str | Path | None = None, name: str = "",
+                    settings: tuple[str, str, str] = ("image_key", "caption_key", "class_key")) -> EvalTable:
+    """Read and check a table for `evaluate_table`; every label and caption problem fails here, before any embedding.
+    `settings` name where the image, caption and class columns were chosen (options or config keys), for messages.
+
+    task "zeroshot": labels from the `class_key` column (default "label"); class names from `classes_file` (one per
+    line; labels may be names or 0-based indices) or else the column's distinct values; templates from
+    `templates_file` or the default set. task "retrieval": captions from `caption_key` (default: "captions" in
+    JSONL, else "caption"; a list of captions per image counts each of them as correct)."""
     from .data import read_records
-    from .factory import load
 
     if task not in ("zeroshot", "retrieval"):
         raise DataError(f"unknown task {task!r} (use zeroshot or retrieval)")
-    model, preprocess, tokenizer = load(checkpoint, device=device)
-    kwargs = dict(batch_size=batch_size, device=device, precision=precision)
+    path = Path(data)
+    name = name or f"{path.parent.name}/{path.stem}"
     if task == "zeroshot":
         # The class column stands in for the caption column: a classification table needs no captions.
-        records = read_records(str(data), image_key, class_key or "label")
-        labels = [str(r.captions[0]) if r.captions else "" for r in records]
+        records = read_records(str(data), image_key, class_key or "label", settings=(settings[0], settings[2]))
         classnames = read_lines(classes_file) if classes_file else None
         templates = read_lines(templates_file) if templates_file else None
         if templates and any(t.format("x") == t for t in templates):
             raise DataError(f"{templates_file}: every template needs a {{}} slot for the class name")
-        label_indices(labels, classnames or sorted(set(labels)))  # a bad label fails before any embedding
-        image_embeds = embed_images(model, [r.image for r in records], preprocess, **kwargs)
-        metrics = zero_shot_evaluate(model, image_embeds, labels, tokenizer, classnames=classnames,
-                                     templates=templates, **kwargs)
-    else:
-        records = read_records(str(data), image_key, _caption_column(data, caption_key))
-        if any(not r.captions for r in records):
-            raise DataError(f"{data}: some rows have no caption")
-        metrics = evaluate_records(model, records, preprocess, tokenizer, tasks=("retrieval",), **kwargs)
-    name, weights = describe_model(checkpoint)
-    data = Path(data)
-    return benchmark_result(f"{data.parent.name}/{data.stem}", name, weights, task, metrics)
+        labels = [str(r.captions[0]) if r.captions else "" for r in records]
+        label_indices(labels, classnames or sorted(set(labels)))
+        return EvalTable(name, task, records, classnames, templates)
+    records = read_records(str(data), image_key, _caption_column(data, caption_key), settings=settings[:2])
+    if any(not r.captions for r in records):
+        raise DataError(f"{data}: some rows have no caption")
+    return EvalTable(name, task, records)
+
+
+def evaluate_table(model: ContrastiveModel, table: EvalTable, preprocess: Callable, tokenizer: Callable, *,
+                   batch_size: int = 256, device: torch.device | str = "cpu",
+                   precision: str = "fp32") -> dict[str, float]:
+    """The metrics of `table.task` for `model` on `table` (see `evaluate_records` and `zero_shot_evaluate`)."""
+    kwargs = dict(batch_size=batch_size, device=device, precision=precision)
+    if table.task == "retrieval":
+        return evaluate_records(model, table.records, preprocess, tokenizer, tasks=("retrieval",), **kwargs)
+    was_training = model.training
+    model.eval()
+    try:
+        labels = [str(r.captions[0]) if r.captions else "" for r in table.records]
+        image_embeds = embed_images(model, [r.image for r in table.records], preprocess, **kwargs)
+        return zero_shot_evaluate(model, image_embeds, labels, tokenizer, classnames=table.classnames,
+                                  templates=table.templates, **kwargs)
+    finally:
+        model.train(was_training)
+
+
+def evaluate_dataset(checkpoint: str | Path, data: str | Path, task: str, *, image_key: str = "image",
+                     caption_key: str = "", class_key: str = "", classes_file: str | Path | None = None,
+                     templates_file: str | Path | None = None, batch_size: int = 256, device: str = "cpu",
+                     precision: str = "fp32", weights: str = "model") -> dict[str, Any]:
+    """Evaluate a checkpoint on a table (see `read_eval_table`) and return a CLIP_benchmark-shaped result record.
+    `weights`: "model" (the trained weights) or "ema" (their moving average, when the run kept one)."""
+    from .factory import load
+
+    table = read_eval_table(data, task, image_key=image_key, caption_key=caption_key, class_key=class_key,
+                            classes_file=classes_file, templates_file=templates_file,
+                            settings=("--image-key", "--caption-key", "--class-key"))  # (the eval command's options)
+    model, preprocess, tokenizer = load(checkpoint, device=device, weights=weights)
+    metrics = evaluate_table(model, table, preprocess, tokenizer, batch_size=batch_size, device=device,
+                             precision=precision)
+    name, weights_path = describe_model(checkpoint)
+    return benchmark_result(table.name, name, weights_path, task, metrics)

@@ -26,23 +26,36 @@ def create_model_and_transforms(cfg: ModelConfig, data_cfg=None):
     return model, build_transform(cfg, data_cfg, train=True), build_transform(cfg, data_cfg, train=False), tokenizer
 
 
-def load(path: str | Path, device: str | torch.device = "cpu"):
+WEIGHTS = ("model", "ema")  # which weights of a checkpoint `load` takes: the trained ones or their moving average
+
+
+def load(path: str | Path, device: str | torch.device = "cpu", weights: str = "model"):
     """`model, preprocess, tokenizer = load(run_dir_or_checkpoint)`.
 
     `preprocess(PIL.Image) -> (3, H, W)` tensor (eval transform); `tokenizer(list[str])` returns what
     `model.encode_text` accepts. The model is in eval mode on `device`. A checkpoint's own
-    `model.trust_remote_code` is ignored: loading never imports code shipped with a model.
+    `model.trust_remote_code` is ignored: loading never imports code shipped with a model. `weights="ema"` takes
+    the moving average of the weights that a run with `train.ema_decay` keeps. A model trained with LoRA comes back
+    with its adapters (unmerged; `contrastive.lora.merge_lora` folds them in).
     """
+    if weights not in WEIGHTS:
+        raise ConfigError(f"weights={weights!r} is not one of {', '.join(WEIGHTS)}")
     if is_hf_dual_dir(path) or bundled_checkpoint(Path(path)) is not None:  # transformers formats
+        if weights != "model":
+            raise CheckpointError(f"{path} is not a checkpoint of this toolkit: it has no EMA weights")
         return (load_hf_dir if is_hf_dual_dir(path) else load_bundled_checkpoint)(Path(path), device)
     ckpt = resolve_checkpoint(path)
     meta = read_meta(ckpt)
-    cfg = config_from_dict(meta["config"]).model
-    cfg = dataclasses.replace(cfg, init_from="", trust_remote_code=False)
+    run_cfg = config_from_dict(meta["config"])
+    cfg = dataclasses.replace(run_cfg.model, init_from="", trust_remote_code=False)
     tokenizer_file = ckpt / "tokenizer.json"
     tokenizer = load_tokenizer_file(tokenizer_file, cfg.context_length) if tokenizer_file.is_file() else None
     model, tokenizer = create_model(cfg, tokenizer)
-    fit_weights(model, load_weights(ckpt), str(ckpt), device)
+    from .lora import apply_lora_to_model, lora_enabled
+
+    if lora_enabled(run_cfg.finetune):
+        apply_lora_to_model(model, run_cfg.finetune)
+    fit_weights(model, load_weights(ckpt, weights), str(ckpt), device)
     return model, build_transform(cfg, None, train=False), tokenizer
 
 

@@ -192,21 +192,27 @@ def check_output(checkpoint: Path, output: Path, overwrite: bool = False) -> Non
         raise CheckpointError(f"--output {output} is not empty; choose a new folder, or pass --overwrite to replace it")
 
 
-def export_hf(checkpoint: str | Path, output: str | Path, verify: bool = True, overwrite: bool = False) -> dict[str, float]:
+def export_hf(checkpoint: str | Path, output: str | Path, verify: bool = True, overwrite: bool = False,
+              weights: str = "model") -> dict[str, float]:
     """Write `checkpoint` (run dir, checkpoint dir or HF directory) as a transformers directory at `output`;
     returns the verification differences (empty when `verify` is false).
 
     `output` must be new or empty and outside any run or checkpoint unless `overwrite`; never the source itself.
     The files are written and verified in a hidden sibling folder that is then renamed into place, so a failed
-    export leaves `output` as it was."""
+    export leaves `output` as it was. `weights="ema"` exports the run's moving average of the weights. LoRA
+    adapters are merged into plain weights first."""
+    import copy
+
     from .factory import load
+    from .lora import has_lora, merge_lora
 
     checkpoint, output = Path(checkpoint), Path(output)
     check_output(checkpoint, output, overwrite)
-    model, _, tokenizer = load(checkpoint)
+    model, _, tokenizer = load(checkpoint, weights=weights)
     cfg = _model_config(checkpoint)
-    hf_model, processor = to_transformers(model, tokenizer, cfg)
-    return write_folder(output, lambda tmp: _write_and_verify(model, tokenizer, hf_model, processor, cfg, tmp, verify))
+    plain = merge_lora(copy.deepcopy(model)) if has_lora(model) else model
+    hf_model, processor = to_transformers(plain, tokenizer, cfg)
+    return write_folder(output, lambda tmp: _write_and_verify(plain, tokenizer, hf_model, processor, cfg, tmp, verify))
 
 
 def write_folder(output: Path, write: Callable[[Path], T]) -> T:

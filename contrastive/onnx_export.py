@@ -141,15 +141,19 @@ def compare_onnx(model: nn.Module, tokenizer, folder: Path, pixels: torch.Tensor
     return {"image": float(image), "text": float(text)}
 
 
-def export_onnx(checkpoint: str | Path, output: str | Path, verify: bool = True, overwrite: bool = False) -> dict[str, float]:
+def export_onnx(checkpoint: str | Path, output: str | Path, verify: bool = True, overwrite: bool = False,
+                weights: str = "model") -> dict[str, float]:
     """Write `checkpoint` (run dir, checkpoint dir or HF directory) as ONNX encoders at `output`; returns the
-    verification differences. The output rules and the write-then-rename of `export_hf` apply."""
+    verification differences. The output rules and the write-then-rename of `export_hf` apply; `weights="ema"`
+    takes the run's moving average of the weights, and LoRA adapters are merged into plain weights first."""
     from .factory import load
     from .hf_export import _model_config, check_output, write_folder
+    from .lora import merge_lora
 
     checkpoint, output = Path(checkpoint), Path(output)
     check_output(checkpoint, output, overwrite)
-    model, _, tokenizer = load(checkpoint)
+    model, _, tokenizer = load(checkpoint, weights=weights)
+    merge_lora(model)
     cfg = _model_config(checkpoint)
     return write_folder(output, lambda tmp: write_onnx(model, tokenizer, cfg, tmp, verify))
 

@@ -13,7 +13,9 @@ from contrastive.checkpoint import latest_checkpoint, load_state, load_weights
 from tests.crash_helpers import assert_resumed, kill, launch, logged_losses, logged_steps, wait_for, write_in_progress
 
 MAX_STEPS = 60  # tiny steps take ~50 ms: enough of them that the kills land mid-run on a fast machine too
-STEPS = [f"train.max_steps={MAX_STEPS}", "train.save_every_n_steps=4", "train.keep_checkpoints=2", "train.resume=true"]
+# with a moving average of the weights updated every 3 steps: it is resumed from its checkpointed state too
+STEPS = [f"train.max_steps={MAX_STEPS}", "train.save_every_n_steps=4", "train.keep_checkpoints=2", "train.resume=true",
+         "train.ema_decay=0.9", "train.ema_every_n_steps=3"]
 
 
 def relaunch(tmp_path, *overrides, delay_s: float = 0.0):
@@ -25,15 +27,18 @@ def relaunch(tmp_path, *overrides, delay_s: float = 0.0):
 
 
 def assert_same_final_state(ref, run, max_steps: int) -> None:
-    """Weights, optimizer moments and scaler state of both runs' last checkpoints are bitwise equal."""
+    """Weights, EMA weights (when kept), optimizer moments and scaler state of both runs' last checkpoints are
+    bitwise equal."""
     a, b = latest_checkpoint(ref / "checkpoints"), latest_checkpoint(run / "checkpoints")
     assert a.name == b.name == f"step_{max_steps:08d}"
-    wa, wb = load_weights(a), load_weights(b)
-    assert set(wa) == set(wb)
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
+    for weights in ("model", "ema") if (a / "ema.safetensors").exists() else ("model",):
+        wa, wb = load_weights(a, weights), load_weights(b, weights)
+        assert set(wa) == set(wb)
+        for k in wa:
+            assert torch.equal(wa[k], wb[k]), (weights, k)
     sa, sb = load_state(a), load_state(b)
     assert sa["scaler"] == sb["scaler"]
+    assert sa.get("hooks", {}).get("ema", {}).get("updates") == sb.get("hooks", {}).get("ema", {}).get("updates")
     for i, state in sa["optimizer"]["state"].items():
         for key, value in state.items():
             assert torch.equal(value, sb["optimizer"]["state"][i][key]), (i, key)
@@ -94,7 +99,8 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path):
     assert reference.wait(timeout=300) == 0, reference.stderr.read()[-2000:]
 
     assert_losses_match(tmp_path / "ref", logged_losses(run))  # every step of every launch, to the bit
-    assert_same_final_state(tmp_path / "ref", run, MAX_STEPS)
+    assert (latest_checkpoint(run / "checkpoints") / "ema.safetensors").is_file()
+    assert_same_final_state(tmp_path / "ref", run, MAX_STEPS)  # the EMA included
 
 
 @pytest.mark.slow

@@ -46,6 +46,8 @@ from ..hf_import import checkpoint_files
 from ..losses.batch import BatchLoss
 from ..pretrained import resolve_model_config
 from .finetune import finetune_param_groups
+from .forgetting import (EMA_SUFFIX, REFERENCE, BaselineHook, best_score, build_ema, reference_evaluation,
+                         reference_tracker, trainable_line, with_ema_weights)
 from .guards import NonFiniteGuard, check_inputs, save_or_report
 from .logging import MetricsLogger
 from .optim import build_optimizer, lr_at, set_lr
@@ -94,6 +96,8 @@ class ContrastiveRecipe:
         self.stopping = False
         self.logger: MetricsLogger | None = None
         self.bar = None
+        self.ema = None  # the moving average of the weights (train.ema_decay)
+        self.reference = None  # the reference sets that measure forgetting (eval.reference)
 
     # ------------------------------------------------------------------------------------------------------------------
     # set-up
@@ -116,6 +120,11 @@ class ContrastiveRecipe:
             print(self.text_report.line(), flush=True)
         seed_everything(cfg.train.seed)
         self.model, self.tokenizer = build_model(cfg, tokenizer, self.device, info)
+        if info.is_main:
+            print(trainable_line(self.model), flush=True)
+        self.ema = build_ema(self.model, cfg)
+        if self.ema is not None:
+            self.model_hooks["ema"] = self.ema
         self.loss_fn = BatchLoss(cfg.loss, info)
 
     def setup_data(self) -> None:
@@ -130,6 +139,7 @@ class ContrastiveRecipe:
         self.total_steps = t.max_steps if t.max_steps > 0 else t.epochs * self.steps_per_epoch
         if cfg.data.val:
             self.eval_sets.append(self.validation_set())
+        self.forgetting_sets()
         # the run directory is made only once model and data are known to load: a typo leaves nothing behind
         self.run_dir = broadcast_object(resolve_run_dir(cfg) if info.is_main else None, info)
         if info.is_main:
@@ -151,6 +161,18 @@ class ContrastiveRecipe:
                                     device=self.device, precision=cfg.train.precision)
 
         return EvalSet("val", evaluate)
+
+    def forgetting_sets(self) -> None:
+        """The reference sets (`ref`, their step-0 scores kept in checkpoints) and, with an EMA, every eval set again
+        on the averaged weights (`<name>_ema`)."""
+        self.reference = reference_tracker(self.cfg)
+        if self.reference is not None:
+            transform = build_transform(self.cfg.model, self.cfg.data, train=False)
+            evaluate = reference_evaluation(self.reference, transform, self.tokenizer, self.cfg, self.device)
+            self.eval_sets.append(EvalSet(REFERENCE, evaluate))
+            self.model_hooks["reference"] = BaselineHook(self.reference)
+        if self.ema is not None:
+            self.eval_sets += [EvalSet(s.name + EMA_SUFFIX, with_ema_weights(self.ema, s.evaluate)) for s in self.eval_sets]
 
     def setup_optimizer(self) -> None:
         cfg = self.cfg
@@ -187,6 +209,7 @@ class ContrastiveRecipe:
     def train(self) -> None:
         """Step until `total_steps` (or a stop signal), then report; raises Interrupted after a signal."""
         self.start_reporting()
+        self.evaluate_start()
         self.model.train()
         while not self.done and not self.stopping:
             for batch in self.epoch_batches():
@@ -265,11 +288,24 @@ class ContrastiveRecipe:
             self.last_eval, self.last_eval_step = self.evaluate(), self.progress.step
             self.logger.log(self.progress.step, self.last_eval)
 
-    def evaluate(self) -> dict[str, float]:
-        """Metrics of every eval set, as `<set>/<metric>`. A failing evaluation (a bad image, out of memory) is
-        reported in one line and the run goes on: it never costs the training or the checkpoint that follows."""
+    def evaluate_start(self) -> None:
+        """With reference sets, at step 0: score the starting weights on every eval set (an EMA equals them) and
+        keep the reference scores as the baseline that `retained_` ratios divide by."""
+        if self.reference is None or self.progress.step > 0 or not (self.info.is_main or is_sharded(self.model)):
+            return
+        metrics = self.evaluate([s for s in self.eval_sets if not s.name.endswith(EMA_SUFFIX)])
+        prefix = f"{REFERENCE}/"
+        self.reference.baseline = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)} or None
+        if self.reference.baseline is not None:
+            metrics.update({prefix + k: v for k, v in self.reference.retained(self.reference.baseline).items()})
+        self.logger.log(0, metrics)
+
+    def evaluate(self, eval_sets: list[EvalSet] | None = None) -> dict[str, float]:
+        """Metrics of every eval set (or of `eval_sets`), as `<set>/<metric>`. A failing evaluation (a bad image,
+        out of memory) is reported in one line and the run goes on: it never costs the training or the checkpoint
+        that follows."""
         metrics: dict[str, float] = {}
-        for eval_set in self.eval_sets:
+        for eval_set in self.eval_sets if eval_sets is None else eval_sets:
             try:
                 found = eval_set.evaluate(self.model)
             except Exception as e:  # noqa: BLE001 - reported, and training is worth more than one evaluation
@@ -302,7 +338,7 @@ class ContrastiveRecipe:
         if self.info.is_main:
             p = self.progress
             # only an evaluation of these very weights can make them the best
-            metric = self.last_eval.get(f"val/{self.cfg.eval.best_metric_name()}") if self.last_eval_step == p.step else None
+            metric = best_score(self.last_eval, self.cfg, self.reference) if self.last_eval_step == p.step else None
             if metric is not None and metric > p.best_metric:
                 p.best_metric, p.best_checkpoint = metric, f"step_{p.step:08d}"
             path = save_or_report(lambda: self.write_checkpoint(weights, optimizer_state), p.step,
@@ -319,7 +355,9 @@ class ContrastiveRecipe:
         if hasattr(self.tokenizer, "tokenizer") and hasattr(self.tokenizer.tokenizer, "to_str"):
             extra["tokenizer.json"] = self.tokenizer.tokenizer.to_str()
         extra.update(checkpoint_files(unwrap(self.model), self.tokenizer))  # HF tower configs / tokenizer files
-        path = save_checkpoint(checkpoints / f"step_{p.step:08d}", weights, state, checkpoint_meta(p, self.cfg), extra)
+        ema = self.ema.state_dict_for_model() if self.ema is not None else None
+        path = save_checkpoint(checkpoints / f"step_{p.step:08d}", weights, state, checkpoint_meta(p, self.cfg), extra,
+                               ema_weights=ema)
         prune_checkpoints(checkpoints, self.cfg.train.keep_checkpoints, protect={p.best_checkpoint})
         settle_replaced(keep_new=True, run_dir=self.run_dir)  # the new run has a checkpoint: the one it replaces may go
         return path

@@ -78,7 +78,10 @@ def init_weights_from(model: ContrastiveModel, source: str) -> None:
     """Initialise from another run/checkpoint or a transformers directory (`model.init_from`)."""
     from ..factory import load
 
+    from ..lora import merge_lora
+
     other, _, _ = load(source)
+    merge_lora(other)  # a LoRA-trained source gives plain weights; this run's own adapters come after
     fit_weights(model, other.state_dict(), f"model.init_from={source}", error=ConfigError)
 
 

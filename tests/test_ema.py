@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from contrastive.ema import EMA, warmup_decay
+from contrastive.training.ema import EMA, warmup_decay
 
 
 def small_model() -> nn.Module:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..ema import EMA
+from .ema import EMA
 from ..reference import ReferenceTracker, read_reference_tables, selection_score
 
 REFERENCE, EMA_SUFFIX = "ref", "_ema"  # eval-set name of the reference sets; suffix of the EMA's eval sets

@@ -228,6 +228,103 @@ def tokenizer_command(argv: list[str]) -> int:
     return 0
 
 
+@command("embed", "embed the images (and captions) of a table, folder or shards with a trained model, resumably")
+def embed_command(argv: list[str]) -> int:
+    parser = Parser(prog="contrastive embed", description="Embed a collection for search (a relaunch continues).")
+    parser.add_argument("--checkpoint", required=True, help="run, checkpoint or transformers directory")
+    parser.add_argument("--data", required=True, help="CSV/TSV/JSONL table, folder of images, HF dataset folder or .tar shards")
+    parser.add_argument("--output", required=True, help="folder for the embeddings (EMB)")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=64)
+    parser.add_argument("--workers", type=int_at_least(0), default=2, help="DataLoader workers decoding images")
+    parser.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored embeddings")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="autocast (auto: bf16/fp16 on a GPU, fp32 on the CPU)")
+    parser.add_argument("--image-key", default="image", help="image column of a table or dataset")
+    parser.add_argument("--caption-key", default="caption", help="caption column (embedded too when present)")
+    parser.add_argument("--split", default="train", help="split of an HF dataset folder")
+    parser.add_argument("--shard-size", type=int_at_least(1), default=8192, help="images per stored shard")
+    parser.add_argument("--max-batches", type=int_at_least(1), default=None,
+                        help="stop after N batches as an interruption would (rerun to continue)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--onnx", default=None, metavar="DIR",
+                        help="embed on onnxruntime with the encoders contrastive export --format onnx wrote from "
+                             "--checkpoint (CPU)")
+    args = parser.parse_args(argv)
+    args.device = device_option(args.device)
+    from .search.embed import embed_collection, summary_line, torch_encoder
+
+    if args.onnx:  # the torch model stays the collection's model: it checks the ONNX files and embeds queries later
+        from .onnx_export import with_onnx
+
+        encoder = with_onnx(torch_encoder(args.checkpoint, device="cpu", precision="fp32"), args.onnx)
+    else:
+        encoder = torch_encoder(args.checkpoint, device=args.device, precision=args.precision)
+    manifest = embed_collection(args.data, args.output, encoder, image_key=args.image_key,
+                                caption_key=args.caption_key, split=args.split, batch_size=args.batch_size,
+                                workers=args.workers, dtype=args.dtype, shard_size=args.shard_size,
+                                max_batches=args.max_batches, progress=not args.no_progress)
+    print(summary_line(manifest, args.output))
+    return 0
+
+
+@command("index", "build a faiss index of embedded images (exact, or approximate above a size) and report its recall")
+def index_command(argv: list[str]) -> int:
+    parser = Parser(prog="contrastive index", description="Index the embeddings of contrastive embed.")
+    parser.add_argument("emb", help="folder written by contrastive embed")
+    parser.add_argument("--kind", default="auto", choices=["auto", "flat", "ivf", "hnsw", "ivfpq"])
+    parser.add_argument("--threshold", type=int_at_least(1), default=100_000,
+                        help="auto: exact search up to this many images, ivf above")
+    parser.add_argument("--nlist", type=int_at_least(1), default=None, help="ivf cells (default about 4 sqrt(N))")
+    parser.add_argument("--nprobe", type=int_at_least(1), default=None, help="ivf cells searched (default nlist/16)")
+    parser.add_argument("--recall-queries", type=int_at_least(1), default=1000, help="queries scoring the recall")
+    args = parser.parse_args(argv)
+    from .search.index import build_collection_index
+
+    report = build_collection_index(args.emb, args.kind, args.threshold, args.recall_queries, nlist=args.nlist,
+                                    nprobe=args.nprobe)
+    print(report.line())
+    return 0
+
+
+@command("search", "find the images (or captions) of an embedded collection closest to a text or an image")
+def search_command(argv: list[str]) -> int:
+    parser = Parser(prog="contrastive search", description="Query an embedded collection.")
+    parser.add_argument("--index", required=True, help="folder written by contrastive embed (EMB)")
+    query = parser.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", help="a text query")
+    query.add_argument("--image", help="an image file as the query")
+    parser.add_argument("--k", type=int_at_least(1), default=10, help="hits to return")
+    parser.add_argument("--captions", action="store_true", help="search the captions instead of the images")
+    parser.add_argument("--json", action="store_true", help="print the hits as JSON")
+    parser.add_argument("--grid", default=None, help="write a PNG contact sheet of the query and the hits")
+    parser.add_argument("--checkpoint", default=None, help="the model the collection was embedded with, if moved")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
+    args = parser.parse_args(argv)
+    args.device = device_option(args.device)
+    import json
+
+    from .search.query import Index
+
+    index = Index.load(args.index, checkpoint=args.checkpoint, device=args.device)
+    target = "captions" if args.captions else "images"
+    if args.text is not None:
+        hits = index.search_text(args.text, args.k, target)
+    else:
+        hits = index.search_image(args.image, args.k, target)
+    if args.json:
+        print(json.dumps([h.to_dict() for h in hits], indent=1))
+    else:
+        print(f"{'rank':>4}  {'score':>6}  {'id':>7}  path | caption")
+        for h in hits:
+            print(f"{h.rank:>4}  {h.score:6.4f}  {h.id:>7}  {h.path}" + (f" | {h.caption}" if h.caption else ""))
+    if args.grid:
+        from .search.grid import contact_sheet
+
+        print(f"wrote {contact_sheet(index, hits, args.grid, text=args.text, image=args.image)}", file=sys.stderr)
+    return 0
+
+
 @command("serve", "a local web page searching an embedded collection by text or image (FastAPI + uvicorn)")
 def serve_command(argv: list[str]) -> int:
     parser = Parser(prog="contrastive serve", description="Serve a search page for an embedded collection.")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from ..data.images import decode_image
 from ..errors import DataError
 from .query import Hit, Index
 
@@ -25,8 +26,7 @@ def _tile(img: Image.Image | None, lines: list[str], font, border: tuple[int, in
     tile = Image.new("RGB", (TILE, TILE + LABEL), "white")
     draw = ImageDraw.Draw(tile)
     if img is not None:
-        thumb = img.copy()
-        thumb.thumbnail((TILE - 8, TILE - 8))
+        thumb = ImageOps.contain(img, (TILE - 8, TILE - 8), Image.Resampling.LANCZOS)  # small images scaled up too
         tile.paste(thumb, ((TILE - thumb.width) // 2, (TILE - thumb.height) // 2))
     draw.rectangle([0, 0, TILE - 1, TILE + LABEL - 1], outline=border, width=2)
     for n, line in enumerate(lines[:3]):
@@ -34,11 +34,15 @@ def _tile(img: Image.Image | None, lines: list[str], font, border: tuple[int, in
     return tile
 
 
-def contact_sheet(index: Index, hits: list[Hit], query: str | Path | Image.Image, output: str | Path,
-                  columns: int = 6) -> Path:
-    """Write the sheet to `output` (PNG) and return its path. `query` is the text, or the image (path or PIL)."""
+def contact_sheet(index: Index, hits: list[Hit], output: str | Path, *, text: str | None = None,
+                  image: str | Path | Image.Image | None = None, columns: int = 6) -> Path:
+    """Write the sheet of the query (`text`, or `image`: a path or PIL image) and its hits to `output` (PNG)."""
+    output = Path(output)
+    if output.suffix.lower() != ".png":
+        raise DataError(f"--grid {output}: the contact sheet is a PNG; name it *.png")
     font = _font(11)
-    if isinstance(query, str) and not Path(query).is_file():
+    if text is not None:
+        query = text
         big = _font(15)
         head = Image.new("RGB", (TILE, TILE + LABEL), (235, 240, 250))
         draw = ImageDraw.Draw(head)
@@ -46,7 +50,7 @@ def contact_sheet(index: Index, hits: list[Hit], query: str | Path | Image.Image
         draw.rectangle([0, 0, TILE - 1, TILE + LABEL - 1], outline=(40, 90, 200), width=3)
         tiles = [head]
     else:
-        img = query if isinstance(query, Image.Image) else Image.open(query).convert("RGB")
+        img = image if isinstance(image, Image.Image) else decode_image(str(image))
         tiles = [_tile(img, ["query"], font, (40, 90, 200))]
     for hit in hits:
         caption = textwrap.shorten(hit.caption or hit.path, 28, placeholder="…")
@@ -56,9 +60,6 @@ def contact_sheet(index: Index, hits: list[Hit], query: str | Path | Image.Image
     sheet = Image.new("RGB", (columns * TILE, rows * (TILE + LABEL)), "white")
     for n, tile in enumerate(tiles):
         sheet.paste(tile, ((n % columns) * TILE, (n // columns) * (TILE + LABEL)))
-    output = Path(output)
-    if output.suffix.lower() != ".png":
-        raise DataError(f"--grid {output}: the contact sheet is a PNG; name it *.png")
     output.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(output)
     return output

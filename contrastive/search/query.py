@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.bad import BadSample
+from ..data.bad import REASONS, BadSample
 from ..data.images import decode_image, to_rgb
 from ..errors import CheckpointError, DataError
 from . import store
@@ -106,7 +106,7 @@ class Index:
             try:
                 img = decode_image(str(image))
             except BadSample as e:
-                raise DataError(f"query image {image}: {e}") from None
+                raise DataError(f"query image {image}: {REASONS[e.reason]}") from None
         pixels = self.encoder.preprocess(img)[None]  # (1, 3, S, S)
         return self.encoder.encode_images(pixels)[0].numpy()
 
@@ -177,4 +177,4 @@ class Index:
                                                    caption_key=c["caption_key"], split=c["split"])
             return decode_image(self._collection.item(self.rows[id]).image)
         except BadSample as e:
-            raise DataError(f"image {id} ({self.paths[id]}): {e}") from None
+            raise DataError(f"image {id} ({self.paths[id]}): {REASONS[e.reason]}") from None

@@ -1,0 +1,168 @@
+"""contrastive embed: stored embeddings equal the model's, a stopped job resumed equals one uninterrupted, bad images
+are skipped and counted, every collection kind gives the same embeddings, the metadata reads in pandas/datasets."""
+
+import io
+import json
+import subprocess
+import tarfile
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import contrastive
+from contrastive.evaluate import embed_images, embed_texts
+from contrastive.search import embed_collection, torch_encoder
+from contrastive.search.store import load_vectors, read_manifest
+from tests.conftest import PYTHON, ROOT, subprocess_env
+from tests.search.helpers import run_cli
+
+
+def embed_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "-m", "contrastive", "embed", "--no-progress", *map(str, args)], cwd=ROOT,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
+
+
+def arrays(emb):
+    manifest = read_manifest(emb)
+    return load_vectors(emb, manifest), load_vectors(emb, manifest, "texts"), pd.read_parquet(emb / "metadata.parquet")
+
+
+def test_embeddings_equal_the_models(tiny_run, small_table, tmp_path):
+    encoder = torch_encoder(tiny_run)
+    manifest = embed_collection(str(small_table), tmp_path / "emb", encoder, batch_size=20, workers=0,
+                                dtype="float32", shard_size=16, progress=False)
+    assert manifest["complete"] and manifest["counts"] == {"rows": 48, "embedded": 48, "captions": 48, "bad": 0}
+    assert [s["rows"] for s in manifest["shards"]] == [[0, 20], [20, 40], [40, 48]]  # 16 rounded up to a batch
+    images, texts, meta = arrays(tmp_path / "emb")
+    model, preprocess, tokenizer = contrastive.load(tiny_run)
+    table = pd.read_csv(small_table)
+    paths = [str(small_table.parent / p) for p in table["image"]]
+    torch.testing.assert_close(torch.from_numpy(images), embed_images(model, paths, preprocess), atol=1e-6, rtol=0)
+    torch.testing.assert_close(torch.from_numpy(texts), embed_texts(model, list(table["caption"]), tokenizer),
+                               atol=1e-6, rtol=0)
+    assert meta["id"].tolist() == list(range(48)) and meta["row"].tolist() == list(range(48))
+    assert meta["path"].tolist() == [p.removeprefix("images/") for p in table["image"]]  # relative to the root
+    assert meta["caption"].tolist() == table["caption"].tolist()
+    assert meta["offset"].tolist() == list(range(20)) * 2 + list(range(8))
+    assert meta["shard"].tolist() == [0] * 20 + [1] * 20 + [2] * 8
+    assert manifest["model"]["embed_dim"] == model.embed_dim and manifest["model"]["name"] == "vit_tiny+text_tiny"
+
+    half = embed_collection(str(small_table), tmp_path / "emb16", encoder, batch_size=20, workers=0,
+                            dtype="float16", progress=False)
+    stored = np.load(tmp_path / "emb16/shards/00000.images.npy")
+    assert stored.dtype == np.float16 and half["dtype"] == "float16"
+    np.testing.assert_allclose(stored.astype(np.float32), images, atol=2e-3)
+
+
+def test_stopped_embed_resumed_equals_uninterrupted(tiny_run, small_table, tmp_path):
+    """Real processes: the first stops after 3 batches (as a kill after the shard write would leave it), the relaunch
+    continues; the arrays equal one uninterrupted run's, each row embedded once."""
+    common = ["--checkpoint", tiny_run, "--data", small_table, "--batch-size", 8, "--shard-size", 16,
+              "--dtype", "float32", "--workers", 2, "--device", "cpu"]
+    whole = embed_cli(*common, "--output", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr
+    first = embed_cli(*common, "--output", tmp_path / "resumed", "--max-batches", 3)
+    assert first.returncode == 0, first.stderr
+    assert "stopped at row 24 of 48; rerun the same command to continue" in first.stdout
+    stopped = read_manifest(tmp_path / "resumed")
+    assert not stopped["complete"] and [s["rows"] for s in stopped["shards"]] == [[0, 16], [16, 24]]
+    second = embed_cli(*common, "--output", tmp_path / "resumed")
+    assert second.returncode == 0, second.stderr
+    assert "complete" in second.stdout
+    resumed = read_manifest(tmp_path / "resumed")
+    assert [s["rows"] for s in resumed["shards"]] == [[0, 16], [16, 24], [24, 32], [32, 48]]
+    (a_img, a_txt, a_meta), (b_img, b_txt, b_meta) = arrays(tmp_path / "whole"), arrays(tmp_path / "resumed")
+    np.testing.assert_array_equal(a_img, b_img)
+    np.testing.assert_array_equal(a_txt, b_txt)
+    pd.testing.assert_frame_equal(a_meta[["id", "row", "path", "caption"]], b_meta[["id", "row", "path", "caption"]])
+    assert b_meta["row"].is_unique and len(b_meta) == 48
+    again = embed_cli(*common, "--output", tmp_path / "resumed")  # nothing left to do: nothing embedded twice
+    assert again.returncode == 0 and read_manifest(tmp_path / "resumed")["shards"] == resumed["shards"]
+
+
+def test_bad_images_skipped_and_counted(tiny_run, small_table, tmp_path):
+    images = small_table.parent / "images"
+    (images / "00003.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (images / "00010.jpg").write_bytes(b"")
+    (images / "00020.jpg").unlink()
+    out = tmp_path / "emb"
+    result = embed_cli("--checkpoint", tiny_run, "--data", small_table, "--output", out, "--batch-size", 16,
+                       "--workers", 1, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "skipped 3 bad (corrupt_image=1, empty_file=1, missing_file=1)" in result.stdout
+    assert result.stderr.count("skipped bad sample:") == 3 and "00003.jpg" in result.stderr
+    manifest = read_manifest(out)
+    assert manifest["counts"]["embedded"] == 45 and manifest["bad"]["counts"] == {
+        "corrupt_image": 1, "empty_file": 1, "missing_file": 1}
+    bad_rows = sorted(b["row"] for s in manifest["shards"] for b in s["bad"])
+    assert bad_rows == [3, 10, 20]
+    meta = pd.read_parquet(out / "metadata.parquet")
+    assert meta["row"].tolist() == [r for r in range(48) if r not in (3, 10, 20)]
+    assert meta["id"].tolist() == list(range(45))
+    assert load_vectors(out, manifest).shape == (45, manifest["model"]["embed_dim"])
+
+
+def test_folder_shards_and_table_give_the_same_embeddings(tiny_run, small_table, tmp_path):
+    encoder = torch_encoder(tiny_run)
+    kwargs = dict(batch_size=16, workers=0, dtype="float32", progress=False)
+    embed_collection(str(small_table), tmp_path / "table", encoder, **kwargs)
+    folder = embed_collection(str(small_table.parent / "images"), tmp_path / "folder", encoder, **kwargs)
+    assert folder["collection"]["kind"] == "folder" and not folder["collection"]["has_captions"]
+    table = pd.read_csv(small_table)
+    shard = tmp_path / "shards/000000.tar"
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w") as tar:
+        for n, (image, caption) in enumerate(zip(table["image"], table["caption"])):
+            for name, data in ((f"{n:05d}.jpg", (small_table.parent / image).read_bytes()),
+                               (f"{n:05d}.txt", caption.encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    shards = embed_collection(str(shard), tmp_path / "shards_emb", encoder, **kwargs)
+    assert shards["collection"]["kind"] == "shards" and shards["counts"]["captions"] == 48
+    reference, ref_texts, _ = arrays(tmp_path / "table")
+    np.testing.assert_array_equal(load_vectors(tmp_path / "folder", folder), reference)
+    np.testing.assert_array_equal(load_vectors(tmp_path / "shards_emb", shards), reference)
+    np.testing.assert_array_equal(load_vectors(tmp_path / "shards_emb", shards, "texts"), ref_texts)
+    assert pd.read_parquet(tmp_path / "shards_emb/metadata.parquet")["path"][0] == "000000.tar/00000.jpg"
+
+
+def test_metadata_reads_in_datasets(tiny_run, small_table, tmp_path):
+    import datasets
+
+    embed_collection(str(small_table), tmp_path / "emb", torch_encoder(tiny_run), batch_size=16, workers=0,
+                     shard_size=16, progress=False)
+    ds = datasets.Dataset.from_parquet(str(tmp_path / "emb/metadata.parquet"))
+    assert ds.column_names == ["id", "row", "path", "caption", "shard", "offset"]
+    assert ds["shard"] == [0] * 16 + [1] * 16 + [2] * 16
+    assert ds["caption"] == pd.read_csv(small_table)["caption"].tolist()
+    manifest = json.loads((tmp_path / "emb/manifest.json").read_text())
+    assert manifest["dtype"] == "float16" and manifest["complete"]
+
+
+@pytest.mark.parametrize("case", ["empty folder", "other model", "not an embedding folder", "bad data"])
+def test_embed_user_errors_are_one_line(case, tiny_run, other_run, small_table, tmp_path, capsys):
+    out = tmp_path / "emb"
+    data = small_table
+    checkpoint = tiny_run
+    if case == "empty folder":
+        data = tmp_path / "empty"
+        data.mkdir()
+    elif case == "other model":
+        embed_collection(str(small_table), out, torch_encoder(tiny_run), workers=0, progress=False, max_batches=1)
+        checkpoint = other_run
+    elif case == "not an embedding folder":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    else:
+        data = tmp_path / "nothing.csv"
+    code, _, err = run_cli(capsys, "embed", "--checkpoint", checkpoint, "--data", data, "--output", out,
+                           "--device", "cpu", "--no-progress")
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("contrastive embed: error: "), err
+    expected = {"empty folder": "the collection is empty", "other model": "was embedded with another model",
+                "not an embedding folder": "holds no embeddings", "bad data": "no such file"}[case]
+    assert expected in lines[0]

@@ -153,15 +153,21 @@ def test_embedding_a_collection_with_onnx_gives_torchs_arrays(exported, tmp_path
     run, out, _ = exported
     table = shapes_table(tmp_path / "collection", 12, copy=True)
     encoder = torch_encoder(run, precision="fp32")
-    arrays = {}
-    for name, enc in (("torch", encoder), ("onnx", with_onnx(encoder, out))):
-        manifest = embed_collection(str(table), tmp_path / name, enc, batch_size=5, workers=0, dtype="float32",
-                                    progress=False)
-        assert manifest["counts"]["embedded"] == 12
-        arrays[name] = [load_vectors(tmp_path / name, manifest, w) for w in ("images", "texts")]
-    for ours, theirs in zip(arrays["onnx"], arrays["torch"]):
-        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4)
-    assert read_manifest(tmp_path / "onnx")["model"] == read_manifest(tmp_path / "torch")["model"]
+    embed_collection(str(table), tmp_path / "torch", encoder, batch_size=5, workers=0, dtype="float32", progress=False)
+    proc = subprocess.run([PYTHON, "-m", "contrastive", "embed", "--checkpoint", str(run), "--onnx", str(out),
+                           "--data", str(table), "--output", str(tmp_path / "onnx"), "--batch-size", "5",
+                           "--workers", "0", "--dtype", "float32", "--no-progress"],
+                          capture_output=True, text=True, env=subprocess_env())
+    assert proc.returncode == 0, proc.stderr
+    manifests = {name: read_manifest(tmp_path / name) for name in ("torch", "onnx")}
+    assert manifests["onnx"]["counts"]["embedded"] == 12 and manifests["onnx"]["model"] == manifests["torch"]["model"]
+    for which in ("images", "texts"):
+        np.testing.assert_allclose(load_vectors(tmp_path / "onnx", manifests["onnx"], which),
+                                   load_vectors(tmp_path / "torch", manifests["torch"], which), rtol=0, atol=1e-4)
+    # with_onnx is what the command plugs in: the same embeddings in Python
+    onnx_encoder = with_onnx(encoder, out)
+    pixels = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(onnx_encoder.encode_images(pixels), encoder.encode_images(pixels), rtol=0, atol=1e-4)
     # ONNX files of other weights (same architecture and preprocessing) are refused in one line
     other = tmp_path / "other"
     shutil.copytree(resolve_checkpoint(run), other)

@@ -1,0 +1,236 @@
+"""Fine-tuning without forgetting, measured: start from a model trained with the default recipe on the bundled shapes
+set, fine-tune it on the icons benchmark, and score what each remedy keeps of shapes against what it gains on icons.
+
+    python scripts/bench_forgetting.py ../bench-data/icons                 # everything (the start included)
+    python scripts/bench_forgetting.py ../bench-data/icons --start runs/start --steps 60
+
+The icons data is built by `python ../shared/bench/icons/prepare.py ../bench-data/icons`. The start is trained with
+`configs/shapes_tiny.yaml` for `--start-steps` steps (or given with `--start`). Each remedy is one fine-tuning run
+of `configs/finetune_icons.yaml` from that start (`model.init_from`, the start's tokenizer and context):
+
+  full      every weight trains; the same run keeps an EMA of its weights (`train.ema_decay`, no warm-up: the
+            average starts at the start's weights), reported as "EMA"
+  locked    the image tower is locked (`finetune.image.lock=true`), the text tower and projections train
+  LoRA      rank-`--lora-rank` adapters on both towers' attention projections (`finetune.*.lora.rank`)
+  WiSE-FT   `contrastive wise-ft --alphas ...` between the start and the full fine-tune
+
+Scores come from the runs themselves: the reference (the 400 held-out shapes, `eval.reference`) and the target (the
+679 Lucide icons of icons/test.csv, `data.val`) are evaluated at step 0 and at the end; WiSE-FT's from its sweep.
+The headline is text->image R@1 on both. "kept" is the reference R@1 over the start's; "gain" is the target R@1
+gained over the start's, as a share of full fine-tuning's gain. The goal: one method with kept >= 90% and
+gain >= 90%. Output: a markdown section in docs/benchmarks.md ("## Fine-tuning without forgetting"), the trade-off
+PNG in docs/images/, and a JSON line per method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+METRIC, OTHER = "image_retrieval_recall@1", "text_retrieval_recall@1"  # t->i R@1 (headline), i->t R@1
+SECTION = "## Fine-tuning without forgetting"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", help="icons benchmark folder with train.csv and test.csv")
+    p.add_argument("--start", default="", help="a start run or checkpoint (default: train one with configs/shapes_tiny.yaml)")
+    p.add_argument("--start-steps", type=int, default=200, help="steps of the start's training")
+    p.add_argument("--steps", type=int, default=60, help="steps of each fine-tuning run (4 epochs of icons at 60)")
+    p.add_argument("--ema-decay", type=float, default=0.97, help="per step, without warm-up: after 60 steps the "
+                   "start still weighs 0.97^60 = 16%% in the average")
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--lora-lr", type=float, default=1e-3, help="LoRA's learning rate (adapters start at zero)")
+    p.add_argument("--alphas", default="0,0.2,0.4,0.6,0.8,1")
+    p.add_argument("--work", default="", help="folder for the runs (default: a fresh one under /tmp)")
+    p.add_argument("--output", default=str(ROOT / "docs/benchmarks.md"), help="markdown file ('' = none)")
+    p.add_argument("--plot", default=str(ROOT / "docs/images/forgetting_icons.png"))
+    return p.parse_args(argv)
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run a command to completion with its output in `log`; its wall seconds."""
+    start = time.time()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ})
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text().strip().splitlines()[-5:])
+        raise SystemExit(f"{' '.join(cmd[:4])} ... failed (exit {proc.returncode}); see {log}:\n{tail}")
+    return time.time() - start
+
+
+def contrastive(*args: str) -> list[str]:
+    return [sys.executable, "-m", "contrastive", *args]
+
+
+def start_checkpoint(a, work: Path) -> Path:
+    from contrastive.factory import resolve_checkpoint
+
+    if a.start:
+        return resolve_checkpoint(a.start)
+    seconds = run(contrastive("train", "--config", "configs/shapes_tiny.yaml", f"train.max_steps={a.start_steps}",
+                              f"train.output_dir={work}", "train.run_name=start", "train.overwrite=true",
+                              "train.progress_bar=false"), work / "start.log")
+    print(f"start: {a.start_steps} steps in {seconds:.0f} s", flush=True)
+    return resolve_checkpoint(work / "start")
+
+
+def finetune(a, work: Path, start: Path, name: str, *overrides: str) -> dict:
+    """One fine-tuning run; {weights: {"reference": metrics, "target": metrics}} at step 0 and the end."""
+    from contrastive.checkpoint import read_meta
+
+    context = read_meta(start)["config"]["model"]["context_length"]
+    seconds = run(contrastive("train", "--config", "configs/finetune_icons.yaml", f"model.init_from={start}",
+                              f"model.tokenizer=bpe:{start / 'tokenizer.json'}", f"model.context_length={context}",
+                              f"data.train={Path(a.data) / 'train.csv'}", f"data.val={Path(a.data) / 'test.csv'}",
+                              f"train.max_steps={a.steps}", f"train.output_dir={work}", f"train.run_name={name}",
+                              "train.overwrite=true", "train.progress_bar=false", "eval.every_n_steps=0", *overrides),
+                  work / f"{name}.log")
+    rows = [json.loads(line) for line in (work / name / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    first = next(r for r in rows if r["step"] == 0 and f"ref/{METRIC}" in r)
+    last = json.loads((work / name / "summary.json").read_text())
+    out = {"start": scores(first, "val", "ref"), "model": scores(last, "val", "ref"), "seconds": seconds}
+    if f"val_ema/{METRIC}" in last:
+        out["ema"] = scores(last, "val_ema", "ref_ema")
+    print(f"{name}: {a.steps} steps in {seconds:.0f} s", flush=True)
+    return out
+
+
+def scores(row: dict, target: str, reference: str) -> dict:
+    return {"target": {m: row[f"{target}/{m}"] for m in (METRIC, OTHER)},
+            "reference": {m: row[f"{reference}/{m}"] for m in (METRIC, OTHER)}}
+
+
+def wise_ft(a, work: Path, start: Path, finetuned: Path) -> list[dict]:
+    out = work / "wise_ft"
+    run(contrastive("wise-ft", "--start", str(start), "--finetuned", str(finetuned), "--alphas", a.alphas,
+                    "--eval-target", str(Path(a.data) / "test.csv"), "--eval-reference", "data/shapes/val.csv",
+                    "--output", str(out)), work / "wise_ft.log")
+    points = json.loads((out / "wise_ft.json").read_text())["points"]
+    return [{"alpha": p["alpha"], "target": {m: p["target"][m] for m in (METRIC, OTHER)},
+             "reference": {m: p["reference"][m] for m in (METRIC, OTHER)}} for p in points]
+
+
+def judge(rows: dict[str, dict], start: dict) -> dict[str, dict]:
+    """kept (reference R@1 / the start's) and gain (target R@1 gained / full fine-tuning's gain) per method."""
+    gain_full = rows["full"]["target"][METRIC] - start["target"][METRIC]
+    out = {}
+    for name, r in rows.items():
+        kept = r["reference"][METRIC] / start["reference"][METRIC]
+        gain = (r["target"][METRIC] - start["target"][METRIC]) / gain_full if gain_full > 0 else float("nan")
+        out[name] = {**r, "kept": kept, "gain": gain, "goal": kept >= 0.9 and gain >= 0.9}
+    return out
+
+
+def plot(judged: dict[str, dict], start: dict, curve: list[dict], path: Path) -> None:
+    from contrastive.plots import _figure
+
+    fig = _figure(6.5, 5.0)
+    ax = fig.add_subplot(1, 1, 1)
+    pct = lambda r, s: 100 * r[s][METRIC]  # noqa: E731
+    ax.plot([pct(p, "target") for p in curve], [pct(p, "reference") for p in curve], "-o", color="tab:blue",
+            label="WiSE-FT (start → full)", zorder=2)
+    for p in curve:
+        ax.annotate(f"α={p['alpha']:g}", (pct(p, "target"), pct(p, "reference")), textcoords="offset points",
+                    xytext=(5, 3), fontsize=7, color="tab:blue")
+    markers = {"full": ("s", "tab:red"), "EMA": ("D", "tab:orange"), "locked image": ("^", "tab:green"),
+               "LoRA": ("v", "tab:purple")}
+    for name, (marker, color) in markers.items():
+        if name in judged:
+            ax.scatter([pct(judged[name], "target")], [pct(judged[name], "reference")], marker=marker, s=60,
+                       color=color, label=name, zorder=3)
+    ax.scatter([pct(start, "target")], [pct(start, "reference")], marker="*", s=140, color="black", label="start",
+               zorder=3)
+    gain_full = judged["full"]["target"][METRIC] - start["target"][METRIC]
+    ax.axhline(90 * start["reference"][METRIC], ls="--", lw=0.8, color="gray")
+    ax.axvline(100 * (start["target"][METRIC] + 0.9 * gain_full), ls="--", lw=0.8, color="gray")
+    ax.set_xlabel("target: icons test t→i R@1 (%)")
+    ax.set_ylabel("reference: shapes held-out t→i R@1 (%)")
+    ax.set_title("fine-tuning shapes → icons: kept vs gained (dashed: 90% goals)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(str(path))
+
+
+def markdown(a, judged: dict[str, dict], start: dict, seconds: dict[str, float], image: str) -> str:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from speedbench import machine_description  # scripts/, beside this file
+
+    import torch
+
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    argv = " ".join(shlex.quote(x) for x in sys.argv[1:])
+    lines = [f"### shapes → icons ({when})", "",
+             f"`python scripts/bench_forgetting.py {argv}` on {machine_description(torch.device('cpu'))}; "
+             f"{a.steps} fine-tuning steps at batch 128 per run; percent.", "",
+             "| method | reference t→i R@1 | i→t R@1 | kept | target t→i R@1 | i→t R@1 | gain (of full's) | both ≥ 90% |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    row = lambda name, r, kept, gain, goal: (  # noqa: E731
+        f"| {name} | {100 * r['reference'][METRIC]:.2f} | {100 * r['reference'][OTHER]:.2f} | {kept} | "
+        f"{100 * r['target'][METRIC]:.2f} | {100 * r['target'][OTHER]:.2f} | {gain} | {goal} |")
+    lines.append(row("start", start, "100%", "0%", "-"))
+    for name, r in judged.items():
+        lines.append(row(name, r, f"{100 * r['kept']:.0f}%", f"{100 * r['gain']:.0f}%", "yes" if r["goal"] else "no"))
+    winners = [n for n, r in judged.items() if r["goal"]]
+    lines += ["", "Both goals (kept ≥ 90% of the start's reference R@1, ≥ 90% of full fine-tuning's target gain): "
+              + (", ".join(winners) if winners else "none") + ". Run times: "
+              + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + ".", "", f"![kept against gained]({image})", ""]
+    return "\n".join(lines)
+
+
+def write_markdown(path: Path, text: str) -> None:
+    """Replace the newest table of the section (or start the section) in `path`."""
+    body = path.read_text() if path.exists() else "# Benchmarks\n"
+    if SECTION not in body:
+        body = body.rstrip() + f"\n\n{SECTION}\n\n(see scripts/bench_forgetting.py for what each method is)\n"
+    head, sep, tail = body.partition(SECTION)
+    nxt = tail.find("\n## ", 1)
+    section, rest = (tail, "") if nxt < 0 else (tail[:nxt], tail[nxt:])
+    path.write_text(head + sep + section.rstrip() + "\n\n" + text + rest)
+
+
+def main(argv=None) -> None:
+    a = parse_args(argv)
+    a.data = str(Path(a.data).resolve())  # the runs work in the repository root
+    a.start = str(Path(a.start).resolve()) if a.start else ""
+    for split in ("train", "test"):
+        if not (Path(a.data) / f"{split}.csv").is_file():
+            raise SystemExit(f"{Path(a.data) / split}.csv not found; build it with "
+                             "python ../shared/bench/icons/prepare.py DIR")
+    import tempfile
+
+    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="bench_forgetting_"))
+    work.mkdir(parents=True, exist_ok=True)
+    start = start_checkpoint(a, work)
+    full = finetune(a, work, start, "full", f"train.ema_decay={a.ema_decay}", "train.ema_warmup=false")
+    locked = finetune(a, work, start, "locked", "finetune.image.lock=true")
+    lora = finetune(a, work, start, "lora", f"finetune.image.lora.rank={a.lora_rank}",
+                    f"finetune.text.lora.rank={a.lora_rank}", f"optim.lr={a.lora_lr}")
+    curve = wise_ft(a, work, start, work / "full")
+    begin = full["start"]
+    rows = {"full": full["model"], "EMA": full["ema"], "locked image": locked["model"], "LoRA": lora["model"],
+            **{f"WiSE-FT α={p['alpha']:g}": p for p in curve if 0 < p["alpha"] < 1}}
+    judged = judge(rows, begin)
+    for name, r in judged.items():
+        print(json.dumps({"method": name, **r}), flush=True)
+    Path(a.plot).parent.mkdir(parents=True, exist_ok=True)
+    plot(judged, begin, curve, Path(a.plot))
+    seconds = {"full + EMA": full["seconds"], "locked": locked["seconds"], "LoRA": lora["seconds"]}
+    text = markdown(a, judged, begin, seconds, os.path.relpath(a.plot, Path(a.output).parent if a.output else ROOT))
+    print(text)
+    if a.output:
+        write_markdown(Path(a.output), text)
+
+
+if __name__ == "__main__":
+    main()

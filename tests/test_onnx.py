@@ -177,3 +177,16 @@ def test_embedding_a_collection_with_onnx_gives_torchs_arrays(exported, tmp_path
     with pytest.raises(CheckpointError, match="holds other encoders than") as info:
         with_onnx(torch_encoder(other, precision="fp32"), out)
     assert "\n" not in str(info.value)
+
+
+def test_towers_without_a_transformers_counterpart_export_too(tmp_path):
+    """A timm tower and a logit bias (both refused by the transformers format) are no obstacle to ONNX."""
+    from contrastive.config import ModelConfig
+    from contrastive.factory import create_model
+
+    cfg = ModelConfig(image_encoder="timm:test_resnet", tokenizer="byte", text_encoder_args={"layers": 1},
+                      image_size=32, embed_dim=16, context_length=16, init_logit_bias=-10.0)
+    model, tokenizer = create_model(cfg)
+    diffs = write_onnx(model, tokenizer, cfg, tmp_path / "onnx")
+    assert max(diffs.values()) <= 1e-4
+    assert_matches_torch(model.eval(), tokenizer, tmp_path / "onnx", 32, batch_sizes=(2,))

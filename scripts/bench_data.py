@@ -1,7 +1,8 @@
 """Data-loading throughput: this package's pipeline vs OpenCLIP's CSV dataset with its transforms.
 
 Both read the same CSV of JPEG files with the same DataLoader settings (workers, batch size, no pinning), decode,
-random-resized-crop to the model size, normalise and tokenize; the two alternate for several rounds and the median
+random-resized-crop to the model size, normalise and tokenize; they take turns for several rounds (the order reversed
+every other round, so that none always runs first) and the median
 images/s of each is reported (the first batch, which includes worker start-up, is not timed).
 
 OpenCLIP's `CsvDataset` lives in its training package (`open_clip_train`), which is not on PyPI; the reference here
@@ -134,7 +135,8 @@ def main() -> None:
     }
     results: dict[str, list[float]] = {k: [] for k in pipelines}
     for r in range(args.rounds):
-        for name, make in pipelines.items():
+        order = list(pipelines.items())
+        for name, make in order if r % 2 == 0 else order[::-1]:  # alternate: no pipeline always runs first
             results[name].append(images_per_second(make()))
             print(f"round {r + 1} {name:24s} {results[name][-1]:8.1f} images/s", flush=True)
     base = statistics.median(results["openclip"])

@@ -224,6 +224,9 @@ def write_folder(output: Path, write: Callable[[Path], T]) -> T:
 
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's private 0700 would stay on the renamed output
     try:
         result = write(tmp)
         old = None

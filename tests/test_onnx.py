@@ -190,3 +190,11 @@ def test_towers_without_a_transformers_counterpart_export_too(tmp_path):
     diffs = write_onnx(model, tokenizer, cfg, tmp_path / "onnx")
     assert max(diffs.values()) <= 1e-4
     assert_matches_torch(model.eval(), tokenizer, tmp_path / "onnx", 32, batch_sizes=(2,))
+
+
+def test_the_written_folder_has_the_usual_permissions(exported):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert exported[1].stat().st_mode & 0o777 == 0o777 & ~umask  # not the private mode of a temporary folder

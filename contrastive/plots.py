@@ -173,3 +173,22 @@ def plot_caption_heatmap(images: Sequence[str | Path], captions: Sequence[str], 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path)
     return out_path
+
+
+def plot_tradeoff(xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], out: str | Path, *, xlabel: str,
+                  ylabel: str, title: str = "") -> Path:
+    """A curve of (x, y) points, each labelled (e.g. WiSE-FT's reference score against its target score, one point
+    per alpha); writes the PNG and returns its path."""
+    fig = _figure(5.5, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(list(xs), list(ys), "-o", color="tab:blue")
+    for label, x, y in zip(labels, xs, ys):
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(str(out))
+    return Path(out)

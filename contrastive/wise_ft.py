@@ -172,25 +172,13 @@ def headline(task: str) -> str:
     return "text_retrieval_recall@1" if task == "retrieval" else "acc1"
 
 
-def plot_sweep(points: list[SweepPoint], target_metric: str, reference_metric: str, path: str | Path,
-               title: str = "WiSE-FT") -> Path:
+def plot_sweep(points: list[SweepPoint], target_metric: str, reference_metric: str, path: str | Path) -> Path:
     """Reference score against target score, one point per alpha, labelled with alpha."""
-    from .plots import _figure
+    from .plots import plot_tradeoff
 
-    fig = _figure(5.5, 4.5)
-    ax = fig.add_subplot(1, 1, 1)
-    xs = [p.target[target_metric] for p in points]
-    ys = [p.reference[reference_metric] for p in points]
-    ax.plot(xs, ys, "-o", color="tab:blue")
-    for p, x, y in zip(points, xs, ys):
-        ax.annotate(f"α={p.alpha:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel(f"target {target_metric}")
-    ax.set_ylabel(f"reference {reference_metric}")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(str(path))
-    return Path(path)
+    return plot_tradeoff([p.target[target_metric] for p in points], [p.reference[reference_metric] for p in points],
+                         [f"α={p.alpha:g}" for p in points], path, xlabel=f"target {target_metric}",
+                         ylabel=f"reference {reference_metric}", title="WiSE-FT")
 
 
 def write_sweep(points: list[SweepPoint], output: str | Path, target_task: str, reference_task: str,

@@ -18,7 +18,8 @@ from .tokenizer import build_tokenizer
 
 def create_model(cfg: ModelConfig, tokenizer=None) -> tuple[ContrastiveModel, Callable]:
     """Build (model, tokenizer) from a model config. Built-in text towers take their vocabulary and special tokens
-    from the tokenizer."""
+    from the tokenizer; built-in towers take the speed switches `model.fused_qkv` and `model.pooled_last_block`
+    (unless their encoder arguments set them)."""
     if tokenizer is None:
         if cfg.tokenizer == "auto":
             raise ConfigError("model.tokenizer=auto is learned from the training captions: build the tokenizer with "
@@ -30,6 +31,10 @@ def create_model(cfg: ModelConfig, tokenizer=None) -> tuple[ContrastiveModel, Ca
         cfg = dataclasses.replace(cfg, context_length=tokenizer.context_length)
     image_args = dict(cfg.image_encoder_args)
     text_args = dict(cfg.text_encoder_args)
+    for name, args in ((cfg.image_encoder, image_args), (cfg.text_encoder, text_args)):
+        if encoder_modality(name) is not None:  # the built-in towers' speed switches (same weights, same features)
+            args.setdefault("fused_qkv", cfg.fused_qkv)
+            args.setdefault("pooled_last_block", cfg.pooled_last_block)
     if encoder_modality(cfg.image_encoder) == "image":
         image_args.setdefault("image_size", cfg.image_size)
         if cfg.patch_dropout:

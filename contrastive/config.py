@@ -43,6 +43,8 @@ class ModelConfig:
     init_from: str = ""  # checkpoint, run directory or HF directory whose weights initialise the model
     trust_remote_code: bool = False  # let HF loaders run code shipped with a model/tokenizer (only for sources you trust)
     preprocess_from_tower: bool = True  # pretrained hf:/timm:/torchvision: image towers set image_size/mean/std
+    fused_qkv: bool = True  # built-in towers compute q/k/v in one GEMM (same parameters and state-dict names)
+    pooled_last_block: bool = True  # built-in towers' last block computes only the pooled token (same features)
 
 
 @dataclass
@@ -109,8 +111,6 @@ class TrainConfig:
     keep_checkpoints: int = 2  # most recent checkpoints kept (plus the best by eval metric)
     compile: bool = False  # torch.compile the model forward and the loss as one graph
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
-    fused_qkv: bool = True  # built-in towers compute q/k/v in one GEMM (same parameters and state-dict names)
-    pooled_last_block: bool = True  # built-in towers' last block computes only the pooled token (same features)
     deterministic: bool = True  # deterministic algorithms (CPU runs are exactly reproducible)
     grad_checkpointing: bool = False  # recompute tower activations in the backward pass
     progress_bar: bool = True  # tqdm progress bar
@@ -460,6 +460,31 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+# keys that moved to another section; the old spelling is still read (YAML files, overrides, saved runs)
+MOVED_KEYS = {"train.fused_qkv": "model.fused_qkv", "train.pooled_last_block": "model.pooled_last_block"}
+
+
+def _moved_key(key: str) -> str:
+    return MOVED_KEYS.get(key, key)
+
+
+def _move_old_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` (a config as nested dicts) with the keys of MOVED_KEYS under their new names."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    for old, new in MOVED_KEYS.items():
+        (old_section, old_name), (new_section, new_name) = old.split("."), new.split(".")
+        section = out.get(old_section)
+        if not isinstance(section, dict) or old_name not in section:
+            continue
+        target = out.setdefault(new_section, {})
+        if not isinstance(target, dict):
+            continue  # reported by the cast of the section
+        if new_name in target:
+            raise ConfigError(f"config key '{old}' is the old name of '{new}'; give only '{new}'")
+        target[new_name] = section.pop(old_name)
+    return out
+
+
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = tree
@@ -481,6 +506,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         key = key.strip().lstrip("-")
         if not key:
             raise ConfigError(f"override '{item}' has an empty key")
+        key = _moved_key(key)
         _check_key(key)
         _set_dotted(tree, key, value)
     return tree
@@ -515,7 +541,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def config_from_dict(values: dict[str, Any]) -> Config:
     if not isinstance(values, dict):
         raise ConfigError("a config must be a mapping of sections (model, loss, data, optim, train, eval)")
-    return _build(Config, values)
+    return _build(Config, _move_old_keys(values))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -535,7 +561,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path} must hold a mapping of sections (model, loss, data, optim, train, eval)")
-        values = loaded
+        values = _move_old_keys(loaded)
         values.setdefault("name", path.stem)
     values = _merge(values, parse_overrides(overrides or []))
     return config_from_dict(values)

@@ -22,11 +22,10 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from contrastive.config import Config, LossConfig, OptimConfig, TrainConfig
+from contrastive.config import Config, LossConfig, ModelConfig, OptimConfig, TrainConfig
 from contrastive.encoders import TextTransformer, VisionTransformer
 from contrastive.model import ContrastiveModel
 from contrastive.losses.batch import BatchLoss
-from contrastive.speed import set_fused_qkv, set_pooled_last_block
 from contrastive.training.optim import build_optimizer, param_groups
 from contrastive.training.step import compute_loss, step_loss_fn, train_step
 
@@ -64,8 +63,8 @@ class StepOptions:
 
     fused_adamw: bool = True  # optim.fused
     foreach: bool = True  # optim.foreach (used when fused_adamw is off)
-    fused_qkv: bool = True  # train.fused_qkv
-    pooled_last_block: bool = True  # train.pooled_last_block
+    fused_qkv: bool = True  # model.fused_qkv
+    pooled_last_block: bool = True  # model.pooled_last_block
     trim_padding: bool = True  # data.trim_padding: the batch's tokens cut to its longest caption (see `trim_length`)
     compile: bool = False  # train.compile
     sync_each_step: bool = False  # read the loss on the host after every step (what logging every step costs)
@@ -136,23 +135,23 @@ def bench_config(spec: BenchSpec, precision: str, options: StepOptions, lr: floa
     return Config(
         loss=LossConfig(name="clip", duplicate_aware=False),
         optim=OptimConfig(lr=lr, fused=options.fused_adamw, foreach=options.foreach),
-        train=TrainConfig(batch_size=spec.batch_size, precision=precision, compile=options.compile,
-                          fused_qkv=options.fused_qkv, pooled_last_block=options.pooled_last_block),
+        model=ModelConfig(fused_qkv=options.fused_qkv, pooled_last_block=options.pooled_last_block),
+        train=TrainConfig(batch_size=spec.batch_size, precision=precision, compile=options.compile),
     )
 
 
-def build_toolkit_model(spec: BenchSpec) -> ContrastiveModel:
-    image = VisionTransformer(spec.image_size, spec.patch_size, spec.vision_width, spec.vision_layers, spec.vision_heads)
+def build_toolkit_model(spec: BenchSpec, fused_qkv: bool = True, pooled_last_block: bool = True) -> ContrastiveModel:
+    switches = dict(fused_qkv=fused_qkv, pooled_last_block=pooled_last_block)
+    image = VisionTransformer(spec.image_size, spec.patch_size, spec.vision_width, spec.vision_layers, spec.vision_heads,
+                              **switches)
     text = TextTransformer(spec.vocab_size, spec.context_length, spec.text_width, spec.text_layers, spec.text_heads,
-                           eot_token_id=spec.vocab_size - 1)
+                           eot_token_id=spec.vocab_size - 1, **switches)
     return ContrastiveModel(image, text, spec.embed_dim)
 
 
 def toolkit_contender(name: str, spec: BenchSpec, device: torch.device, precision: str, options: StepOptions) -> Contender:
     cfg = bench_config(spec, precision, options)
-    model = build_toolkit_model(spec).to(device)
-    set_fused_qkv(model, options.fused_qkv)
-    set_pooled_last_block(model, options.pooled_last_block)
+    model = build_toolkit_model(spec, cfg.model.fused_qkv, cfg.model.pooled_last_block).to(device)
     optimizer = build_optimizer(model, cfg.optim, param_groups(model, cfg.optim))
     forward = step_loss_fn(compute_loss, options.compile)
     loss_fn = BatchLoss(cfg.loss)

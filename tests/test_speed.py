@@ -14,7 +14,9 @@ from contrastive.encoders.transformer import Attention
 from contrastive.encoders.text import TextTransformer
 from contrastive.encoders.vit import VisionTransformer
 from contrastive.losses.batch import BatchLoss
-from contrastive.speed import set_fused_qkv, set_pooled_last_block
+from contrastive.builder import create_model
+from contrastive.config import ModelConfig, load_config
+from contrastive.encoders.transformer import Encoder
 from contrastive.training.step import compute_loss, step_loss_fn
 from tests.conftest import ROOT
 
@@ -28,12 +30,14 @@ MICRO = B.BenchSpec(image_size=16, patch_size=8, vision_width=32, vision_layers=
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_fused_qkv_matches_separate_projections(causal):
-    attn = Attention(24, 3)
+    torch.manual_seed(0)
+    unfused = Attention(24, 3, fused_qkv=False)
+    fused_attn = Attention(24, 3, fused_qkv=True)
+    fused_attn.load_state_dict(unfused.state_dict())
     x = torch.randn(2, 7, 24, requires_grad=True)
     grads = {}
     outs = {}
-    for fused in (False, True):
-        attn.fused_qkv = fused
+    for fused, attn in ((False, unfused), (True, fused_attn)):
         attn.zero_grad()
         x.grad = None
         y = attn(x, causal=causal)
@@ -46,13 +50,15 @@ def test_fused_qkv_matches_separate_projections(causal):
 
 
 def test_fused_qkv_keeps_state_dict_names():
-    model = B.build_toolkit_model(MICRO)
-    before = set(model.state_dict())
-    assert set_fused_qkv(model, True) == MICRO.vision_layers + MICRO.text_layers
-    after = set(model.state_dict())
-    assert before == after
+    before = B.build_toolkit_model(MICRO, fused_qkv=False).state_dict()
+    fused = B.build_toolkit_model(MICRO, fused_qkv=True)
+    layers = [m for m in fused.modules() if isinstance(m, Attention)]
+    assert len(layers) == MICRO.vision_layers + MICRO.text_layers and all(m.fused_qkv for m in layers)
+    after = fused.state_dict()
+    assert set(before) == set(after) and all(before[k].shape == after[k].shape for k in before)
     assert "image_encoder.encoder.layers.0.self_attn.q_proj.weight" in after
     assert not any("qkv" in k for k in after)
+    fused.load_state_dict(before)  # the weights of one load into the other
 
 
 def test_fused_qkv_runs_unfused_around_replaced_projections():
@@ -64,13 +70,12 @@ def test_fused_qkv_runs_unfused_around_replaced_projections():
         def forward(self, x):
             return 2 * self.inner(x)
 
-    attn = Attention(16, 2)
+    plain = Attention(16, 2, fused_qkv=False)
+    attn = Attention(16, 2, fused_qkv=True)
+    attn.load_state_dict(plain.state_dict())
     x = torch.randn(3, 5, 16)
-    attn.fused_qkv = False
-    attn.v_proj = Scaled(attn.v_proj)
-    expected = attn(x)
-    attn.fused_qkv = True
-    torch.testing.assert_close(attn(x), expected)
+    plain.v_proj, attn.v_proj = Scaled(plain.v_proj), Scaled(attn.v_proj)
+    torch.testing.assert_close(attn(x), plain(x))
 
 
 def _tower_outputs(tower: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -83,20 +88,22 @@ def _tower_outputs(tower: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor
 @pytest.mark.parametrize("grad_checkpointing", [False, True])
 @pytest.mark.parametrize("fused_qkv", [False, True])
 def test_pooled_last_block_equals_full_sequence(fused_qkv, grad_checkpointing):
-    torch.manual_seed(0)
-    vision = VisionTransformer(image_size=32, patch_size=8, width=48, layers=3, heads=4)
-    text = TextTransformer(vocab_size=40, context_length=10, width=48, layers=3, heads=4)
+    def towers(pooled: bool) -> tuple[nn.Module, nn.Module]:
+        torch.manual_seed(0)  # the same weights either way: the switch builds no parameter
+        switches = dict(fused_qkv=fused_qkv, pooled_last_block=pooled)
+        return (VisionTransformer(image_size=32, patch_size=8, width=48, layers=3, heads=4, **switches),
+                TextTransformer(vocab_size=40, context_length=10, width=48, layers=3, heads=4, **switches))
+
     tokens = torch.randint(1, 39, (6, 10))
     tokens[0, 3] = tokens[1, 9] = tokens[2, 0] = 39  # end-of-text early, last, first
     tokens[3, 5] = tokens[3, 7] = 39  # two: pooled at the first
     # row 4 and 5 have none: pooled at the last token
     pixels = torch.randn(6, 3, 32, 32)
-    for tower, inputs in ((vision, pixels), (text, tokens)):
-        tower.encoder.grad_checkpointing = grad_checkpointing
-        set_fused_qkv(tower, fused_qkv)
-        assert set_pooled_last_block(tower, False) == 1
-        y_full, g_full = _tower_outputs(tower, inputs)
-        set_pooled_last_block(tower, True)
+    for full_tower, tower, inputs in zip(towers(False), towers(True), (pixels, tokens)):
+        assert not full_tower.encoder.pooled_last_block and tower.encoder.pooled_last_block
+        torch.testing.assert_close(full_tower.state_dict(), tower.state_dict(), rtol=0, atol=0)
+        full_tower.encoder.grad_checkpointing = tower.encoder.grad_checkpointing = grad_checkpointing
+        y_full, g_full = _tower_outputs(full_tower, inputs)
         y_pooled, g_pooled = _tower_outputs(tower, inputs)
         torch.testing.assert_close(y_pooled, y_full, rtol=1e-5, atol=1e-6)
         for (name, p), a, b in zip(tower.named_parameters(), g_pooled, g_full):
@@ -106,6 +113,44 @@ def test_pooled_last_block_equals_full_sequence(fused_qkv, grad_checkpointing):
             # relative to the largest entry: sums over many rows come out in another order
             torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * b.abs().max().item(), msg=name)
             assert b.abs().max() > 0, name  # every parameter (the last block's too) gets a gradient
+
+
+@pytest.mark.parametrize("old_keys", [False, True])
+def test_switches_reach_the_towers_through_the_builder(old_keys):
+    section = "train" if old_keys else "model"  # the keys' old home is still read
+    cfg = load_config(None, [f"{section}.fused_qkv=false", f"{section}.pooled_last_block=false",
+                             "model.tokenizer=byte", "model.context_length=16"])
+    assert cfg.model.fused_qkv is False and cfg.model.pooled_last_block is False
+    torch.manual_seed(0)
+    plain, tokenizer = create_model(cfg.model)
+    torch.manual_seed(0)
+    fast, _ = create_model(ModelConfig(tokenizer="byte", context_length=16))
+    for model, on in ((plain, False), (fast, True)):
+        attention = [m.fused_qkv for m in model.modules() if isinstance(m, Attention)]
+        encoders = [m.pooled_last_block for m in model.modules() if isinstance(m, Encoder)]
+        assert len(attention) == 8 and len(encoders) == 2  # vit_tiny and text_tiny: 4 blocks each
+        assert set(attention) == set(encoders) == {on}
+    # same parameters, same names, same features
+    torch.testing.assert_close(fast.state_dict(), plain.state_dict(), rtol=0, atol=0)
+    pixels = torch.randn(4, 3, cfg.model.image_size, cfg.model.image_size)
+    tokens = tokenizer(["a red square", "two blue circles", "", "a green triangle on the left"])
+    with torch.no_grad():
+        torch.testing.assert_close(fast.encode_image(pixels), plain.encode_image(pixels), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fast.encode_text(tokens), plain.encode_text(tokens), rtol=1e-5, atol=1e-6)
+
+
+def test_encoder_arguments_set_a_switch_for_one_tower():
+    cfg = ModelConfig(tokenizer="byte", context_length=16, image_encoder_args={"pooled_last_block": False})
+    model, _ = create_model(cfg)
+    assert model.image_encoder.encoder.pooled_last_block is False
+    assert model.text_encoder.encoder.pooled_last_block is True
+
+
+def test_old_and_new_switch_keys_together_are_refused():
+    from contrastive.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="train.fused_qkv.*old name of 'model.fused_qkv'"):
+        config_from_dict({"train": {"fused_qkv": True}, "model": {"fused_qkv": False}})
 
 
 def test_pooled_last_block_skips_work():

@@ -23,7 +23,10 @@ class TextEmbeddings(nn.Module):
 
 
 class TextTransformer(nn.Module):
-    """(B, T) token ids -> (B, width) features at the first end-of-text token (after the final norm)."""
+    """(B, T) token ids -> (B, width) features at the first end-of-text token (after the final norm).
+
+    `fused_qkv` and `pooled_last_block` are speed switches of the blocks (see `transformer.Encoder`): they change
+    how the features are computed, never the parameters or the features."""
 
     def __init__(
         self,
@@ -36,6 +39,8 @@ class TextTransformer(nn.Module):
         act: str = "gelu",
         eot_token_id: int | None = None,
         pad_token_id: int = 0,
+        fused_qkv: bool = True,
+        pooled_last_block: bool = True,
     ) -> None:
         super().__init__()
         self.vocab_size, self.context_length, self.width = vocab_size, context_length, width
@@ -44,7 +49,7 @@ class TextTransformer(nn.Module):
         self.eot_token_id = vocab_size - 1 if eot_token_id is None else eot_token_id
         self.pad_token_id = pad_token_id
         self.embeddings = TextEmbeddings(vocab_size, context_length, width)
-        self.encoder = Encoder(width, layers, heads, mlp_ratio, act)
+        self.encoder = Encoder(width, layers, heads, mlp_ratio, act, fused_qkv, pooled_last_block)
         self.final_layer_norm = nn.LayerNorm(width, eps=1e-5)
         init_transformer_(self.encoder, width)
 

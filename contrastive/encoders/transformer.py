@@ -29,7 +29,7 @@ class Attention(nn.Module):
     dict stay those of three `nn.Linear`s. Projections replaced by other modules (adapters) run unfused.
     """
 
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, width: int, heads: int, fused_qkv: bool = True) -> None:
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
@@ -38,7 +38,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(width, width)
         self.v_proj = nn.Linear(width, width)
         self.out_proj = nn.Linear(width, width)
-        self.fused_qkv = True
+        self.fused_qkv = fused_qkv
 
     def _heads(self, x: torch.Tensor, projections: tuple[nn.Module, ...]) -> tuple[torch.Tensor, ...]:
         """(B, T, C) -> each projection of x as (B, heads, T, C // heads); plain linear ones as one GEMM."""
@@ -89,10 +89,11 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, act: str = "gelu", eps: float = 1e-5) -> None:
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, act: str = "gelu", eps: float = 1e-5,
+                 fused_qkv: bool = True) -> None:
         super().__init__()
         self.layer_norm1 = nn.LayerNorm(width, eps=eps)
-        self.self_attn = Attention(width, heads)
+        self.self_attn = Attention(width, heads, fused_qkv)
         self.layer_norm2 = nn.LayerNorm(width, eps=eps)
         self.mlp = MLP(width, int(width * mlp_ratio), act)
 
@@ -112,14 +113,15 @@ class Encoder(nn.Module):
     only that token's output. With `pooled_last_block` (the default) the last block then computes just that token:
     its query, attention output, MLP and residuals for one row per sample instead of T (keys and values still come
     from every token), which gives the same features for about 1/layers less work. Off, the full sequence is computed
-    and the pooled row selected afterwards.
+    and the pooled row selected afterwards. `fused_qkv` goes to every block's attention.
     """
 
-    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, act: str = "gelu") -> None:
+    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, act: str = "gelu",
+                 fused_qkv: bool = True, pooled_last_block: bool = True) -> None:
         super().__init__()
-        self.layers = nn.ModuleList([Block(width, heads, mlp_ratio, act) for _ in range(layers)])
+        self.layers = nn.ModuleList([Block(width, heads, mlp_ratio, act, fused_qkv=fused_qkv) for _ in range(layers)])
         self.grad_checkpointing = False
-        self.pooled_last_block = True
+        self.pooled_last_block = pooled_last_block
 
     def forward(self, x: torch.Tensor, causal: bool = False, pool: Pool | None = None) -> torch.Tensor:
         """(B, T, C) -> (B, T, C), or (B, C) at `pool`."""

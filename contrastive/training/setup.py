@@ -1,5 +1,5 @@
 """Set-up steps of a run that are not the loop: the device, the text side (tokenizer and context), the model as
-it will train (pretrained weights, fine-tuning choices, speed switches, sharding), and its training wrappers
+it will train (pretrained weights, fine-tuning choices, sharding), and its training wrappers
 (DDP, torch.compile)."""
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from ..encoders.hf import HFTower
 from ..errors import CheckpointError, ConfigError
 from ..builder import create_model, fit_weights
 from ..model import ContrastiveModel
-from ..speed import set_fused_qkv, set_pooled_last_block
 from .finetune import apply_finetune
 from .guards import parse_device
 from .run_dir import resolve_run_dir
@@ -86,8 +85,9 @@ def init_weights_from(model: ContrastiveModel, source: str) -> None:
 
 
 def build_model(cfg: Config, tokenizer: Any, device: torch.device, info: DistInfo) -> tuple[ContrastiveModel, Any]:
-    """(model on `device` as it will train, tokenizer): built, initialised, with the fine-tuning choices and speed
-    switches applied, and sharded under `train.fsdp` (before the optimizer: sharding replaces the parameters)."""
+    """(model on `device` as it will train, tokenizer): built (with the speed switches of `model.`), initialised,
+    with the fine-tuning choices applied, and sharded under `train.fsdp` (before the optimizer: sharding replaces
+    the parameters)."""
     t = cfg.train
     try:
         model, tokenizer = create_model(cfg.model, tokenizer)
@@ -100,8 +100,6 @@ def build_model(cfg: Config, tokenizer: Any, device: torch.device, info: DistInf
     apply_finetune(model, cfg.finetune)
     if t.grad_checkpointing:
         model.set_grad_checkpointing(True)
-    set_fused_qkv(model, t.fused_qkv)
-    set_pooled_last_block(model, t.pooled_last_block)
     model.to(device)
     if info.enabled:  # every rank waits for a gradient of every trainable parameter: freeze those never used
         for tower in (m for m in model.modules() if isinstance(m, HFTower)):

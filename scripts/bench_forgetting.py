@@ -16,10 +16,10 @@ of `configs/finetune_icons.yaml` from that start (`model.init_from`, the start's
 
 Scores come from the runs themselves: the reference (the 400 held-out shapes, `eval.reference`) and the target (the
 679 Lucide icons of icons/test.csv, `data.val`) are evaluated at step 0 and at the end; WiSE-FT's from its sweep.
-The headline is text->image R@1 on both. "kept" is the reference R@1 over the start's; "gain" is the target R@1
-gained over the start's, as a share of full fine-tuning's gain. The goal: one method with kept >= 90% and
-gain >= 90%. Output: a markdown section in docs/benchmarks.md ("## Fine-tuning without forgetting"), the trade-off
-PNG in docs/images/, and a JSON line per method.
+"kept" is the reference's text->image R@1 over the start's; "gain" is the target's text->image R@10 gained over the
+start's, as a share of full fine-tuning's gain (R@10: after a few epochs the target's R@1 is a handful of icons).
+The goal: one method with kept >= 90% and gain >= 90%. Output: a markdown section in docs/benchmarks.md
+("## Fine-tuning without forgetting"), the trade-off PNG in docs/images/, and a JSON line per method.
 """
 
 from __future__ import annotations
@@ -37,7 +37,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 METRIC, OTHER = "image_retrieval_recall@1", "text_retrieval_recall@1"  # t->i R@1 (headline), i->t R@1
+# the target's gain is counted at t->i R@10: after a few epochs the target's R@1 is a handful of the 679 icons
+GAIN = "image_retrieval_recall@10"
+KEYS = (METRIC, OTHER, GAIN)
 SECTION = "## Fine-tuning without forgetting"
+INTRO = """A model trained with the default recipe on the bundled shapes set (the start) is fine-tuned on the icons
+benchmark (`../shared/bench/icons`, built with `python ../shared/bench/icons/prepare.py ../bench-data/icons`):
+2,000 Tabler icons captioned by name. Reference: the 400 held-out shapes (`eval.reference`); target: the 679 Lucide
+icons of the same names (`data.val`). Methods: full fine-tuning; the same run's EMA of the weights; the image tower
+locked; LoRA on both towers' attention projections; WiSE-FT between the start and the full fine-tune. "kept" is the
+reference t→i R@1 over the start's, "gain" the target t→i R@10 gained over the start's as a share of full
+fine-tuning's gain; the goal is one method with both at 90% or more. Scores are each run's own evaluations
+(`ref/...`, `val/...`, `val_ema/...`) and `contrastive wise-ft --alphas`.
+"""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,11 +57,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("data", help="icons benchmark folder with train.csv and test.csv")
     p.add_argument("--start", default="", help="a start run or checkpoint (default: train one with configs/shapes_tiny.yaml)")
     p.add_argument("--start-steps", type=int, default=200, help="steps of the start's training")
-    p.add_argument("--steps", type=int, default=60, help="steps of each fine-tuning run (4 epochs of icons at 60)")
-    p.add_argument("--ema-decay", type=float, default=0.97, help="per step, without warm-up: after 60 steps the "
-                   "start still weighs 0.97^60 = 16%% in the average")
+    p.add_argument("--steps", type=int, default=150, help="steps of each fine-tuning run (about 5 epochs at batch 64)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-4, help="learning rate of full fine-tuning and the locked tower")
+    p.add_argument("--ema-decay", type=float, default=0.99, help="per step, without warm-up: after 150 steps the "
+                   "start still weighs 0.99^150 = 22%% in the average")
     p.add_argument("--lora-rank", type=int, default=8)
-    p.add_argument("--lora-lr", type=float, default=1e-3, help="LoRA's learning rate (adapters start at zero)")
+    p.add_argument("--lora-lr", type=float, default=2e-3, help="LoRA's learning rate (adapters start at zero)")
     p.add_argument("--alphas", default="0,0.2,0.4,0.6,0.8,1")
     p.add_argument("--work", default="", help="folder for the runs (default: a fresh one under /tmp)")
     p.add_argument("--output", default=str(ROOT / "docs/benchmarks.md"), help="markdown file ('' = none)")
@@ -92,7 +106,8 @@ def finetune(a, work: Path, start: Path, name: str, *overrides: str) -> dict:
     seconds = run(contrastive("train", "--config", "configs/finetune_icons.yaml", f"model.init_from={start}",
                               f"model.tokenizer=bpe:{start / 'tokenizer.json'}", f"model.context_length={context}",
                               f"data.train={Path(a.data) / 'train.csv'}", f"data.val={Path(a.data) / 'test.csv'}",
-                              f"train.max_steps={a.steps}", f"train.output_dir={work}", f"train.run_name={name}",
+                              f"train.max_steps={a.steps}", f"train.batch_size={a.batch_size}", f"optim.lr={a.lr}",
+                              f"train.output_dir={work}", f"train.run_name={name}",
                               "train.overwrite=true", "train.progress_bar=false", "eval.every_n_steps=0", *overrides),
                   work / f"{name}.log")
     rows = [json.loads(line) for line in (work / name / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -106,8 +121,7 @@ def finetune(a, work: Path, start: Path, name: str, *overrides: str) -> dict:
 
 
 def scores(row: dict, target: str, reference: str) -> dict:
-    return {"target": {m: row[f"{target}/{m}"] for m in (METRIC, OTHER)},
-            "reference": {m: row[f"{reference}/{m}"] for m in (METRIC, OTHER)}}
+    return {"target": {m: row[f"{target}/{m}"] for m in KEYS}, "reference": {m: row[f"{reference}/{m}"] for m in KEYS}}
 
 
 def wise_ft(a, work: Path, start: Path, finetuned: Path) -> list[dict]:
@@ -116,17 +130,17 @@ def wise_ft(a, work: Path, start: Path, finetuned: Path) -> list[dict]:
                     "--eval-target", str(Path(a.data) / "test.csv"), "--eval-reference", "data/shapes/val.csv",
                     "--output", str(out)), work / "wise_ft.log")
     points = json.loads((out / "wise_ft.json").read_text())["points"]
-    return [{"alpha": p["alpha"], "target": {m: p["target"][m] for m in (METRIC, OTHER)},
-             "reference": {m: p["reference"][m] for m in (METRIC, OTHER)}} for p in points]
+    return [{"alpha": p["alpha"], "target": {m: p["target"][m] for m in KEYS},
+             "reference": {m: p["reference"][m] for m in KEYS}} for p in points]
 
 
 def judge(rows: dict[str, dict], start: dict) -> dict[str, dict]:
-    """kept (reference R@1 / the start's) and gain (target R@1 gained / full fine-tuning's gain) per method."""
-    gain_full = rows["full"]["target"][METRIC] - start["target"][METRIC]
+    """kept (reference R@1 / the start's) and gain (target R@10 gained / full fine-tuning's gain) per method."""
+    gain_full = rows["full"]["target"][GAIN] - start["target"][GAIN]
     out = {}
     for name, r in rows.items():
         kept = r["reference"][METRIC] / start["reference"][METRIC]
-        gain = (r["target"][METRIC] - start["target"][METRIC]) / gain_full if gain_full > 0 else float("nan")
+        gain = (r["target"][GAIN] - start["target"][GAIN]) / gain_full if gain_full > 0 else float("nan")
         out[name] = {**r, "kept": kept, "gain": gain, "goal": kept >= 0.9 and gain >= 0.9}
     return out
 
@@ -136,7 +150,7 @@ def plot(judged: dict[str, dict], start: dict, curve: list[dict], path: Path) ->
 
     fig = _figure(6.5, 5.0)
     ax = fig.add_subplot(1, 1, 1)
-    pct = lambda r, s: 100 * r[s][METRIC]  # noqa: E731
+    pct = lambda r, s: 100 * r[s][GAIN if s == "target" else METRIC]  # noqa: E731
     ax.plot([pct(p, "target") for p in curve], [pct(p, "reference") for p in curve], "-o", color="tab:blue",
             label="WiSE-FT (start → full)", zorder=2)
     for p in curve:
@@ -150,10 +164,10 @@ def plot(judged: dict[str, dict], start: dict, curve: list[dict], path: Path) ->
                        color=color, label=name, zorder=3)
     ax.scatter([pct(start, "target")], [pct(start, "reference")], marker="*", s=140, color="black", label="start",
                zorder=3)
-    gain_full = judged["full"]["target"][METRIC] - start["target"][METRIC]
+    gain_full = judged["full"]["target"][GAIN] - start["target"][GAIN]
     ax.axhline(90 * start["reference"][METRIC], ls="--", lw=0.8, color="gray")
-    ax.axvline(100 * (start["target"][METRIC] + 0.9 * gain_full), ls="--", lw=0.8, color="gray")
-    ax.set_xlabel("target: icons test t→i R@1 (%)")
+    ax.axvline(100 * (start["target"][GAIN] + 0.9 * gain_full), ls="--", lw=0.8, color="gray")
+    ax.set_xlabel("target: icons test t→i R@10 (%)")
     ax.set_ylabel("reference: shapes held-out t→i R@1 (%)")
     ax.set_title("fine-tuning shapes → icons: kept vs gained (dashed: 90% goals)", fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
@@ -172,12 +186,13 @@ def markdown(a, judged: dict[str, dict], start: dict, seconds: dict[str, float],
     argv = " ".join(shlex.quote(x) for x in sys.argv[1:])
     lines = [f"### shapes → icons ({when})", "",
              f"`python scripts/bench_forgetting.py {argv}` on {machine_description(torch.device('cpu'))}; "
-             f"{a.steps} fine-tuning steps at batch 128 per run; percent.", "",
-             "| method | reference t→i R@1 | i→t R@1 | kept | target t→i R@1 | i→t R@1 | gain (of full's) | both ≥ 90% |",
+             f"{a.steps} fine-tuning steps at batch {a.batch_size} per run; percent. kept: reference t→i R@1 over "
+             "the start's; gain: target t→i R@10 gained over the start's, as a share of full fine-tuning's.", "",
+             "| method | reference t→i R@1 | i→t R@1 | kept | target t→i R@1 | t→i R@10 | gain (of full's) | both ≥ 90% |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     row = lambda name, r, kept, gain, goal: (  # noqa: E731
         f"| {name} | {100 * r['reference'][METRIC]:.2f} | {100 * r['reference'][OTHER]:.2f} | {kept} | "
-        f"{100 * r['target'][METRIC]:.2f} | {100 * r['target'][OTHER]:.2f} | {gain} | {goal} |")
+        f"{100 * r['target'][METRIC]:.2f} | {100 * r['target'][GAIN]:.2f} | {gain} | {goal} |")
     lines.append(row("start", start, "100%", "0%", "-"))
     for name, r in judged.items():
         lines.append(row(name, r, f"{100 * r['kept']:.0f}%", f"{100 * r['gain']:.0f}%", "yes" if r["goal"] else "no"))
@@ -192,7 +207,7 @@ def write_markdown(path: Path, text: str) -> None:
     """Replace the newest table of the section (or start the section) in `path`."""
     body = path.read_text() if path.exists() else "# Benchmarks\n"
     if SECTION not in body:
-        body = body.rstrip() + f"\n\n{SECTION}\n\n(see scripts/bench_forgetting.py for what each method is)\n"
+        body = body.rstrip() + f"\n\n{SECTION}\n\n" + INTRO
     head, sep, tail = body.partition(SECTION)
     nxt = tail.find("\n## ", 1)
     section, rest = (tail, "") if nxt < 0 else (tail[:nxt], tail[nxt:])

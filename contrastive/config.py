@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -46,26 +46,53 @@ class ModelConfig:
     fused_qkv: bool = True  # built-in towers compute q/k/v in one GEMM (same parameters and state-dict names)
     pooled_last_block: bool = True  # built-in towers' last block computes only the pooled token (same features)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _at_least("model", {"embed_dim": (self.embed_dim, 1), "image_size": (self.image_size, 1),
+                            "tokenizer_min_frequency": (self.tokenizer_min_frequency, 1)})
+        if self.context_length < 0 or self.context_length == 1:
+            raise ConfigError(f"model.context_length must be >= 2 (start and end tokens) or 0 (fit to the captions), "
+                              f"got {self.context_length}")
+        if self.tokenizer == "auto" and self.tokenizer_vocab_size < 259:
+            raise ConfigError(f"model.tokenizer_vocab_size must be >= 259 (256 bytes + 3 special tokens), got "
+                              f"{self.tokenizer_vocab_size}")
+        if not 0.0 <= self.patch_dropout < 1.0:
+            raise ConfigError(f"model.patch_dropout must be in [0, 1), got {self.patch_dropout}")
+        for n in ("image_mean", "image_std"):
+            if len(getattr(self, n)) != 3:
+                raise ConfigError(f"model.{n} must have 3 values")
+        _no_nul({"model.init_from": self.init_from})
+
 
 @dataclass
 class LossConfig:
-    name: str = "clip"  # "clip" (softmax, symmetric CE) or "siglip" (pairwise sigmoid)
+    name: Literal["clip", "siglip"] = "clip"  # "clip" (softmax, symmetric CE) or "siglip" (pairwise sigmoid)
     duplicate_aware: bool = True  # identical captions/images in a batch count as positives, not negatives
     chunk_size: int = 0  # > 0: exact tiled loss that never holds the B x B logits
     local_loss: bool = True  # distributed: each rank scores its rows against all gathered columns
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _check_choices(self, "loss")
+        if self.chunk_size < 0:
+            raise ConfigError(f"loss.chunk_size must be > 0 (or 0 for the plain loss), got {self.chunk_size}")
 
 
 @dataclass
 class DataConfig:
     train: str = "data/shapes/train.csv"  # training data: CSV/TSV/JSONL file, HF dataset dir, or shard pattern
     val: str = "data/shapes/val.csv"  # held-out data for evaluation during training ("" = none)
-    format: str = ""  # csv | tsv | jsonl | hf | webdataset; detected from the path when empty
+    format: Literal["", "csv", "tsv", "jsonl", "hf", "webdataset"] = ""  # detected from the path when empty
     image_key: str = "image"  # column with image paths (relative to the data file)
     caption_key: str = "caption"  # column with the caption (or a list of captions)
     num_workers: int = 2  # dataloader worker processes
     augment: bool = True  # random resized crop (no flips, no colour changes) for training images
     crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])  # RandomResizedCrop scale range
-    on_bad_sample: str = "skip"  # skip (count and replace) | error (stop at the first)
+    on_bad_sample: Literal["skip", "error"] = "skip"  # skip (count and replace) | error (stop at the first)
     max_bad_fraction: float = 0.1  # stop when more than this fraction of samples seen are bad
     bad_check_after: int = 1000  # samples loaded before data.max_bad_fraction is checked
     max_image_pixels: int = 89_478_485  # larger images are skipped as decompression bombs (Pillow's default limit)
@@ -77,6 +104,21 @@ class DataConfig:
     trim_padding: bool = True  # pad each batch's captions to its longest (rounded up to 8), not the context length
     shuffle_buffer: int = 1000  # webdataset: samples in the shuffle buffer of each worker
     samples_per_epoch: int = 0  # webdataset: samples per epoch (0 = counted from local shards; needed for remote ones)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _check_choices(self, "data")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+        _at_least("data", {"num_workers": (self.num_workers, 0), "bad_check_after": (self.bad_check_after, 0),
+                           "samples_per_epoch": (self.samples_per_epoch, 0),
+                           "max_image_pixels": (self.max_image_pixels, 1),
+                           "prefetch_factor": (self.prefetch_factor, 1), "shuffle_buffer": (self.shuffle_buffer, 1)})
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ConfigError(f"data.crop_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {self.crop_scale}")
+        _no_nul({"data.train": self.train, "data.val": self.val})
 
 
 @dataclass
@@ -91,6 +133,17 @@ class OptimConfig:
     fused: bool = True  # fused AdamW kernel (CUDA and CPU)
     foreach: bool = True  # multi-tensor AdamW when the fused kernel is off (false: one parameter at a time)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.lr < 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
+            raise ConfigError("optim.lr, optim.weight_decay, optim.grad_clip and optim.warmup_steps must be >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+
 
 @dataclass
 class TrainConfig:
@@ -102,7 +155,7 @@ class TrainConfig:
     output_dir: str = "runs"  # parent folder of run directories
     run_name: str = ""  # run directory name under output_dir; empty = <config name>-<timestamp>
     seed: int = 0  # seed for weights, data order and augmentation
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp32 master weights)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype (fp32 master weights)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: bool = False  # continue from the latest checkpoint of the run (fresh start if none)
     overwrite: bool = False  # replace an existing run directory
@@ -110,15 +163,44 @@ class TrainConfig:
     save_every_n_steps: int = 0  # checkpoint period in steps (0 = only at the end)
     keep_checkpoints: int = 2  # most recent checkpoints kept (plus the best by eval metric)
     compile: bool = False  # torch.compile the model forward and the loss as one graph
-    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
+    # torch.compile mode (reduce-overhead: CUDA graphs)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     deterministic: bool = True  # deterministic algorithms (CPU runs are exactly reproducible)
     grad_checkpointing: bool = False  # recompute tower activations in the backward pass
     progress_bar: bool = True  # tqdm progress bar
-    on_checkpoint_error: str = "stop"  # a failed checkpoint write: stop (exit 2) | continue (warn; the final one must work)
+    # a failed checkpoint write: stop (exit 2) | continue (warn; the final one must work)
+    on_checkpoint_error: Literal["stop", "continue"] = "stop"
     max_nan_steps: int = 20  # stop after this many steps in a row with a NaN/inf loss or gradient (each is skipped)
     ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights with this decay (0 = off)
     ema_warmup: bool = True  # EMA decay warms up as min(ema_decay, (1 + n) / (10 + n)) over its first updates n
     ema_every_n_steps: int = 1  # EMA update period in optimizer steps
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Counts the loop divides by or compares with, names that become paths, and combinations that cannot run."""
+        _check_choices(self, "train")
+        _at_least("train", {"batch_size": (self.batch_size, 1), "log_every_n_steps": (self.log_every_n_steps, 1),
+                            "keep_checkpoints": (self.keep_checkpoints, 1), "max_nan_steps": (self.max_nan_steps, 1),
+                            "save_every_n_steps": (self.save_every_n_steps, 0), "max_steps": (self.max_steps, 0),
+                            "epochs": (self.epochs, 0)})
+        if self.micro_batch_size < 0 or self.micro_batch_size > self.batch_size:
+            raise ConfigError(f"train.micro_batch_size={self.micro_batch_size} must be between 1 and "
+                              f"train.batch_size={self.batch_size} (or 0)")
+        if self.fsdp and self.precision == "fp16":
+            raise ConfigError("train.fsdp=true does not support train.precision=fp16 (gradient scaling); use bf16")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise ConfigError("set train.max_steps > 0 or train.epochs > 0")
+        if not 0.0 <= self.ema_decay < 1.0 or self.ema_every_n_steps < 1:
+            raise ConfigError(f"train.ema_decay must be in [0, 1) and train.ema_every_n_steps >= 1, got "
+                              f"{self.ema_decay} and {self.ema_every_n_steps}")
+        if self.ema_decay > 0 and self.fsdp:
+            raise ConfigError("train.ema_decay with train.fsdp=true: the moving average needs the whole weights; "
+                              "use DDP")
+        if self.run_name in (".", "..") or any(c in self.run_name for c in "/\\\0"):
+            raise ConfigError(f"train.run_name={self.run_name!r} must be a plain folder name (no path separators)")
+        _no_nul({"train.output_dir": self.output_dir})
 
 
 # eval metrics that can pick the best checkpoint (higher is better), by task
@@ -132,7 +214,7 @@ class ReferenceConfig:
     command line or in a YAML list a plain path is a retrieval table."""
 
     data: str = ""  # CSV/TSV/JSONL table, image paths relative to it
-    task: str = "retrieval"  # retrieval (captions) or zeroshot (a class column)
+    task: Literal["retrieval", "zeroshot"] = "retrieval"  # retrieval (captions) or zeroshot (a class column)
     name: str = ""  # name in the logged keys when there are several sets (default: <folder>/<file stem>)
     caption_key: str = ""  # retrieval: caption column (default: captions in JSONL, else caption)
     image_key: str = "image"  # column with image paths
@@ -144,11 +226,17 @@ class ReferenceConfig:
     def from_string(cls, value: str) -> "ReferenceConfig":
         return cls(data=value)
 
+    def validate(self, key: str) -> None:
+        """`key`: where the set sits (`eval.reference[0]`)."""
+        _check_choices(self, key)
+        if not self.data:
+            raise ConfigError(f"{key}: data (the table's path) is empty")
+
 
 @dataclass
 class EvalConfig:
     every_n_steps: int = 0  # evaluate on data.val every N steps (0 = only at the end when data.val is set)
-    tasks: list[str] = field(default_factory=lambda: ["retrieval"])  # retrieval and/or zeroshot
+    tasks: list[Literal["retrieval", "zeroshot"]] = field(default_factory=lambda: ["retrieval"])  # one or both
     batch_size: int = 256  # images per embedding batch
     zeroshot_class_key: str = ""  # column holding the class for zero-shot accuracy
     # metric that picks the best checkpoint; auto: text_retrieval_recall@1 with retrieval, else acc1; empty: none
@@ -170,6 +258,34 @@ class EvalConfig:
             return "text_retrieval_recall@1" if "retrieval" in self.tasks else "acc1"
         return self.best_metric
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _check_choices(self, "eval")
+        _at_least("eval", {"batch_size": (self.batch_size, 1), "every_n_steps": (self.every_n_steps, 0)})
+        if "zeroshot" in self.tasks and not self.zeroshot_class_key:
+            raise ConfigError("eval.tasks has zeroshot but eval.zeroshot_class_key (the class column) is empty")
+        best = self.best_metric_name()
+        if best and not any(re.fullmatch(_BEST_METRICS[t], best) for t in self.tasks):
+            raise ConfigError(f"eval.best_metric={best!r} is not a higher-is-better metric of eval.tasks {self.tasks} "
+                              "(e.g. text_retrieval_recall@1, image_retrieval_recall@5, caption_ranking_acc1, acc1); "
+                              "empty = no best checkpoint")
+        self._validate_reference()
+
+    def _validate_reference(self) -> None:
+        """The reference sets (forgetting) and how they weigh in the best checkpoint."""
+        if not 0.0 <= self.reference_weight <= 1.0:
+            raise ConfigError(f"eval.reference_weight must be in [0, 1], got {self.reference_weight}")
+        for i, ref in enumerate(self.reference):
+            ref.validate(f"eval.reference[{i}]")
+            metric = self.reference_metric_name(ref.task)
+            if not re.fullmatch(_BEST_METRICS[ref.task], metric):
+                raise ConfigError(f"eval.reference_metric={metric!r} is not a higher-is-better {ref.task} metric "
+                                  f"(e.g. {'text_retrieval_recall@1' if ref.task == 'retrieval' else 'acc1'})")
+        if self.reference_weight > 0 and not self.reference:
+            raise ConfigError("eval.reference_weight > 0 needs eval.reference (the sets that measure forgetting)")
+
 
 @dataclass
 class LoraConfig:
@@ -177,6 +293,11 @@ class LoraConfig:
     alpha: float = 8.0  # adapter scale numerator: the update is (alpha / rank) * B A
     dropout: float = 0.0  # dropout on the adapters' input
     target_modules: list[str] = field(default_factory=list)  # module names to adapt; empty = the attention projections
+
+    def validate(self, key: str) -> None:
+        """`key`: where the adapters sit (`finetune.image.lora`)."""
+        if self.rank < 0 or self.alpha <= 0 or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{key}: rank must be >= 0, alpha > 0 and dropout in [0, 1)")
 
 
 @dataclass
@@ -188,12 +309,30 @@ class TowerTrainConfig:
     lr_scale: float = 1.0  # learning-rate multiplier for the tower (its projection keeps the base rate)
     lora: LoraConfig = field(default_factory=LoraConfig)  # low-rank adapters instead of full fine-tuning
 
+    def validate(self, key: str) -> None:
+        """`key`: the tower's section (`finetune.image`)."""
+        if self.lr_scale < 0 or self.unlocked_layers < -1:
+            raise ConfigError(f"{key}: lr_scale must be >= 0 and unlocked_layers >= -1")
+        self.lora.validate(f"{key}.lora")
+        if self.lora.rank > 0 and (self.lock or self.unlocked_layers >= 0):
+            raise ConfigError(f"{key}.lora.rank={self.lora.rank} with {key}.lock or {key}.unlocked_layers: LoRA "
+                              "already freezes the tower's weights; choose one")
+
 
 @dataclass
 class FinetuneConfig:
     image: TowerTrainConfig = field(default_factory=TowerTrainConfig)  # what to train in the image tower
     text: TowerTrainConfig = field(default_factory=TowerTrainConfig)  # what to train in the text tower
     layer_decay: float = 1.0  # layer-wise LR decay: block i of L gets decay**(L - i), embeddings decay**(L + 1)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(f"finetune.layer_decay must be in (0, 1], got {self.layer_decay}")
+        self.image.validate("finetune.image")
+        self.text.validate("finetune.text")
 
 
 @dataclass
@@ -212,143 +351,53 @@ class Config:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# checks of combinations (single values are checked by type casting)
+# checks: each section checks its own values when it is made (`__post_init__`), the whole config what spans sections
 
-_CHOICES = {
-    "loss.name": ("clip", "siglip"),
-    "train.precision": ("fp32", "bf16", "fp16"),
-    "train.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-    "data.on_bad_sample": ("skip", "error"),
-    "data.format": ("", "csv", "tsv", "jsonl", "hf", "webdataset"),
-    "train.on_checkpoint_error": ("stop", "continue"),
-}
+_SECTIONS = ("model", "loss", "data", "optim", "train", "eval", "finetune")
 
 
 def validate(cfg: Config) -> None:
-    """Raise ConfigError on values or combinations that cannot run."""
-    for key, choices in _CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value not in choices:
-            raise ConfigError(f"{key}={value!r} is not one of {', '.join(repr(c) for c in choices)}")
-    t, o = cfg.train, cfg.optim
-    positive = {
-        "train.batch_size": t.batch_size,
-        "model.embed_dim": cfg.model.embed_dim,
-        "model.image_size": cfg.model.image_size,
-        "eval.batch_size": cfg.eval.batch_size,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key} must be > 0, got {value}")
-    if cfg.model.context_length < 0 or cfg.model.context_length == 1:
-        raise ConfigError(f"model.context_length must be >= 2 (start and end tokens) or 0 (fit to the captions), "
-                          f"got {cfg.model.context_length}")
-    if cfg.model.tokenizer == "auto" and cfg.model.tokenizer_vocab_size < 259:
-        raise ConfigError(f"model.tokenizer_vocab_size must be >= 259 (256 bytes + 3 special tokens), got "
-                          f"{cfg.model.tokenizer_vocab_size}")
-    if not 0.0 <= cfg.model.patch_dropout < 1.0:
-        raise ConfigError(f"model.patch_dropout must be in [0, 1), got {cfg.model.patch_dropout}")
-    if cfg.model.tokenizer_min_frequency < 1:
-        raise ConfigError(f"model.tokenizer_min_frequency must be >= 1, got {cfg.model.tokenizer_min_frequency}")
-    if cfg.loss.chunk_size < 0:
-        raise ConfigError(f"loss.chunk_size must be > 0 (or 0 for the plain loss), got {cfg.loss.chunk_size}")
-    if t.micro_batch_size < 0 or t.micro_batch_size > t.batch_size:
-        raise ConfigError(
-            f"train.micro_batch_size={t.micro_batch_size} must be between 1 and train.batch_size={t.batch_size} (or 0)"
-        )
-    if t.fsdp and t.precision == "fp16":
-        raise ConfigError("train.fsdp=true does not support train.precision=fp16 (gradient scaling); use bf16")
-    if t.max_steps <= 0 and t.epochs <= 0:
-        raise ConfigError("set train.max_steps > 0 or train.epochs > 0")
-    if o.lr < 0 or o.weight_decay < 0 or o.grad_clip < 0 or o.warmup_steps < 0:
-        raise ConfigError("optim.lr, optim.weight_decay, optim.grad_clip and optim.warmup_steps must be >= 0")
-    if not 0.0 <= o.min_lr_ratio <= 1.0:
-        raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
-    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
-        raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
-    if not 0.0 <= cfg.data.max_bad_fraction <= 1.0:
-        raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {cfg.data.max_bad_fraction}")
-    minimum = {"num_workers": 0, "bad_check_after": 0, "samples_per_epoch": 0, "max_image_pixels": 1,
-               "prefetch_factor": 1, "shuffle_buffer": 1}
-    for key, lo in minimum.items():
-        if getattr(cfg.data, key) < lo:
-            raise ConfigError(f"data.{key} must be >= {lo}, got {getattr(cfg.data, key)}")
-    if len(cfg.data.crop_scale) != 2 or not 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1:
-        raise ConfigError(f"data.crop_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {cfg.data.crop_scale}")
-    for n in ("image_mean", "image_std"):
-        if len(getattr(cfg.model, n)) != 3:
-            raise ConfigError(f"model.{n} must have 3 values")
+    """Raise ConfigError on values or combinations that cannot run (again for each section: its fields may have
+    been set after it was made)."""
+    for name in _SECTIONS:
+        getattr(cfg, name).validate()
     if cfg.loss.name == "siglip" and cfg.model.init_logit_bias is None:
-        raise ConfigError("loss.name=siglip needs model.init_logit_bias (the paper uses -10 with init_logit_scale 2.3026)")
-    for task in cfg.eval.tasks:
-        if task not in ("retrieval", "zeroshot"):
-            raise ConfigError(f"eval.tasks: unknown task {task!r} (use retrieval and/or zeroshot)")
-    ft = cfg.finetune
-    if not 0.0 < ft.layer_decay <= 1.0:
-        raise ConfigError(f"finetune.layer_decay must be in (0, 1], got {ft.layer_decay}")
-    for tower in ("image", "text"):
-        tc = getattr(ft, tower)
-        if tc.lr_scale < 0 or tc.unlocked_layers < -1:
-            raise ConfigError(f"finetune.{tower}: lr_scale must be >= 0 and unlocked_layers >= -1")
-        _validate_lora(f"finetune.{tower}", tc)
-    if "zeroshot" in cfg.eval.tasks and not cfg.eval.zeroshot_class_key:
-        raise ConfigError("eval.tasks has zeroshot but eval.zeroshot_class_key (the class column) is empty")
-    best = cfg.eval.best_metric_name()
-    if best and not any(re.fullmatch(_BEST_METRICS[t], best) for t in cfg.eval.tasks):
-        raise ConfigError(f"eval.best_metric={best!r} is not a higher-is-better metric of eval.tasks {cfg.eval.tasks} "
-                          "(e.g. text_retrieval_recall@1, image_retrieval_recall@5, caption_ranking_acc1, acc1); "
-                          "empty = no best checkpoint")
-    _validate_run_settings(cfg)
-    _validate_forgetting(cfg)
+        raise ConfigError("loss.name=siglip needs model.init_logit_bias (the paper uses -10 with init_logit_scale "
+                          "2.3026)")
 
 
-def _validate_lora(key: str, tc: TowerTrainConfig) -> None:
-    lora = tc.lora
-    if lora.rank < 0 or lora.alpha <= 0 or not 0.0 <= lora.dropout < 1.0:
-        raise ConfigError(f"{key}.lora: rank must be >= 0, alpha > 0 and dropout in [0, 1)")
-    if lora.rank > 0 and (tc.lock or tc.unlocked_layers >= 0):
-        raise ConfigError(f"{key}.lora.rank={lora.rank} with {key}.lock or {key}.unlocked_layers: LoRA already "
-                          "freezes the tower's weights; choose one")
+def _choices(tp: Any) -> tuple | None:
+    """The values a `Literal[...]` annotation allows (None for other annotations)."""
+    return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
 
 
-def _validate_forgetting(cfg: Config) -> None:
-    """EMA and reference-set settings."""
-    t, e = cfg.train, cfg.eval
-    if not 0.0 <= t.ema_decay < 1.0 or t.ema_every_n_steps < 1:
-        raise ConfigError(f"train.ema_decay must be in [0, 1) and train.ema_every_n_steps >= 1, got {t.ema_decay} "
-                          f"and {t.ema_every_n_steps}")
-    if t.ema_decay > 0 and t.fsdp:
-        raise ConfigError("train.ema_decay with train.fsdp=true: the moving average needs the whole weights; use DDP")
-    if not 0.0 <= e.reference_weight <= 1.0:
-        raise ConfigError(f"eval.reference_weight must be in [0, 1], got {e.reference_weight}")
-    for i, ref in enumerate(e.reference):
-        if not ref.data:
-            raise ConfigError(f"eval.reference[{i}]: data (the table's path) is empty")
-        if ref.task not in ("retrieval", "zeroshot"):
-            raise ConfigError(f"eval.reference[{i}].task={ref.task!r} is not 'retrieval' or 'zeroshot'")
-        metric = e.reference_metric_name(ref.task)
-        if not re.fullmatch(_BEST_METRICS[ref.task], metric):
-            raise ConfigError(f"eval.reference_metric={metric!r} is not a higher-is-better {ref.task} metric "
-                              f"(e.g. {'text_retrieval_recall@1' if ref.task == 'retrieval' else 'acc1'})")
-    if e.reference_weight > 0 and not e.reference:
-        raise ConfigError("eval.reference_weight > 0 needs eval.reference (the sets that measure forgetting)")
+def _choice_error(key: str, value: Any, choices: tuple) -> ConfigError:
+    return ConfigError(f"{key}={value!r} is not one of {', '.join(repr(c) for c in choices)}")
 
 
-def _validate_run_settings(cfg: Config) -> None:
-    """Counts and names the training loop divides by, compares with or turns into paths."""
-    t = cfg.train
-    at_least = {"train.log_every_n_steps": (t.log_every_n_steps, 1), "train.keep_checkpoints": (t.keep_checkpoints, 1),
-                "train.max_nan_steps": (t.max_nan_steps, 1), "train.save_every_n_steps": (t.save_every_n_steps, 0),
-                "train.max_steps": (t.max_steps, 0), "train.epochs": (t.epochs, 0),
-                "eval.every_n_steps": (cfg.eval.every_n_steps, 0), "data.num_workers": (cfg.data.num_workers, 0)}
-    for key, (value, low) in at_least.items():
+def _check_choices(section: Any, prefix: str) -> None:
+    """Raise ConfigError when a `Literal[...]` field of `section` (or an item of a list of them) holds another value."""
+    for name, tp in _field_types(type(section)).items():
+        value = getattr(section, name)
+        if (choices := _choices(tp)) is not None and value not in choices:
+            raise _choice_error(f"{prefix}.{name}", value, choices)
+        if typing.get_origin(tp) is list and (choices := _choices(typing.get_args(tp)[0])) is not None:
+            for i, item in enumerate(value):
+                if item not in choices:
+                    raise _choice_error(f"{prefix}.{name}[{i}]", item, choices)
+
+
+def _at_least(prefix: str, values: dict[str, tuple[float, float]]) -> None:
+    """`values`: field -> (value, lowest allowed)."""
+    for name, (value, low) in values.items():
         if value < low:
-            raise ConfigError(f"{key} must be >= {low}, got {value}")
-    if t.run_name in (".", "..") or any(c in t.run_name for c in "/\\\0"):
-        raise ConfigError(f"train.run_name={t.run_name!r} must be a plain folder name (no path separators)")
-    if "\0" in t.output_dir + cfg.data.train + cfg.data.val + cfg.model.init_from:
-        raise ConfigError("paths in the config must not contain NUL characters")
+            raise ConfigError(f"{prefix}.{name} must be {'> 0' if low == 1 else f'>= {low}'}, got {value}")
+
+
+def _no_nul(paths: dict[str, str]) -> None:
+    for key, path in paths.items():
+        if "\0" in path:
+            raise ConfigError(f"{key}: paths in the config must not contain NUL characters")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -391,6 +440,10 @@ def _cast(key: str, value: Any, tp: Any) -> Any:
                 return None
         inner = [a for a in args if a is not type(None)]
         return _cast(key, value, inner[0])
+    if (choices := _choices(tp)) is not None:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and str(value) in choices:
+            return str(value)
+        raise _choice_error(key, value, choices)
     if tp is bool:
         if isinstance(value, bool):
             return value

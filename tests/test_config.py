@@ -4,7 +4,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from contrastive.config import Config, ConfigError, load_config, save_config
+from contrastive.config import (Config, ConfigError, DataConfig, EvalConfig, FinetuneConfig, LoraConfig, LossConfig,
+                                ModelConfig, OptimConfig, ReferenceConfig, TowerTrainConfig, TrainConfig, config_to_dict,
+                                load_config, save_config, validate)
 from tests.conftest import PYTHON, ROOT, subprocess_env
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -105,3 +107,54 @@ def test_cli_unknown_key_exit_code_2():
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "optim.lr" in lines[0] and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("make,key", [
+    (lambda: LossConfig(name="l2"), "loss.name"),
+    (lambda: TrainConfig(precision="fp8"), "train.precision"),
+    (lambda: TrainConfig(batch_size=0), "train.batch_size"),
+    (lambda: DataConfig(on_bad_sample="ignore"), "data.on_bad_sample"),
+    (lambda: EvalConfig(tasks=["retrieval", "captioning"]), "eval.tasks[1]"),
+    (lambda: EvalConfig(reference=[ReferenceConfig(data="r.csv", task="zero-shot")]), "eval.reference[0].task"),
+    (lambda: OptimConfig(betas=[0.9]), "optim.betas"),
+    (lambda: ModelConfig(context_length=1), "model.context_length"),
+    (lambda: FinetuneConfig(image=TowerTrainConfig(lora=LoraConfig(rank=-1))), "finetune.image.lora"),
+])
+def test_sections_validate_themselves_when_made(make, key):
+    with pytest.raises(ConfigError) as e:
+        make()
+    assert str(e.value).startswith(key) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("loss.name=l2", "loss.name='l2' is not one of 'clip', 'siglip'"),
+    ("train.compile_mode=fastest", "train.compile_mode='fastest' is not one of 'default', 'reduce-overhead'"),
+    ("data.format=parquet", "data.format='parquet' is not one of '', 'csv'"),
+    ("eval.tasks=[retrieval,zs]", "eval.tasks[1]='zs' is not one of 'retrieval', 'zeroshot'"),
+])
+def test_choices_are_checked_when_cast(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert str(e.value).startswith(message)
+
+
+def test_choices_come_from_the_field_types():
+    cfg = load_config(None, ["train.precision=bf16", "data.format=jsonl", "eval.tasks=zeroshot",
+                             "eval.zeroshot_class_key=shape"])
+    assert (cfg.train.precision, cfg.data.format, cfg.eval.tasks) == ("bf16", "jsonl", ["zeroshot"])
+
+
+def test_a_section_changed_after_it_was_made_is_checked_with_the_config():
+    cfg = Config()
+    cfg.train.keep_checkpoints = 0
+    with pytest.raises(ConfigError, match="train.keep_checkpoints must be > 0"):
+        validate(cfg)
+
+
+def test_speed_switches_moved_to_the_model_section_and_the_old_keys_still_read(tmp_path):
+    p = tmp_path / "old.yaml"
+    p.write_text(yaml.safe_dump({"train": {"fused_qkv": False, "pooled_last_block": False, "epochs": 1}}))
+    cfg = load_config(p)
+    assert (cfg.model.fused_qkv, cfg.model.pooled_last_block, cfg.train.epochs) == (False, False, 1)
+    assert load_config(p, ["model.fused_qkv=true"]).model.fused_qkv is True  # the override wins
+    assert "fused_qkv" not in config_to_dict(cfg)["train"]

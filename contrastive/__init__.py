@@ -7,8 +7,8 @@
 
 from .config import Config, ConfigError, load_config
 from .encoders import create_encoder, list_encoders
-from .factory import create_model, create_model_and_transforms, load
-from .hf_export import export_hf
+from .builder import create_model
+from .interop import create_model_and_transforms, export_hf, load
 from .losses import clip_loss, siglip_loss
 from .model import ContrastiveModel, ContrastiveOutput
 

@@ -216,7 +216,7 @@ def _caption_column(path: str | Path, caption_key: str) -> str:
 def describe_model(checkpoint: str | Path) -> tuple[str, str]:
     """(architecture name, weights path) of a checkpoint or run directory, for result records."""
     from .checkpoint import CheckpointError, read_meta
-    from .factory import resolve_checkpoint
+    from .interop.loading import resolve_checkpoint
 
     try:
         ckpt = resolve_checkpoint(checkpoint)
@@ -297,7 +297,7 @@ def evaluate_dataset(checkpoint: str | Path, data: str | Path, task: str, *, ima
                      precision: str = "fp32", weights: str = "model") -> dict[str, Any]:
     """Evaluate a checkpoint on a table (see `read_eval_table`) and return a CLIP_benchmark-shaped result record.
     `weights`: "model" (the trained weights) or "ema" (their moving average, when the run kept one)."""
-    from .factory import load
+    from .interop.loading import load
 
     table = read_eval_table(data, task, image_key=image_key, caption_key=caption_key, class_key=class_key,
                             classes_file=classes_file, templates_file=templates_file,

@@ -66,7 +66,7 @@ def _tokenizer_vocab(ckpt: Path) -> dict[str, int] | None:
 def load_pair(start: str | Path, finetuned: str | Path, weights: str = "model"):
     """(start state dict, fine-tuned state dict, fine-tuned checkpoint directory), LoRA merged in both. The start's
     weights are always its trained ones; `weights` picks the fine-tuned run's ("ema": its moving average)."""
-    from .factory import load, resolve_checkpoint
+    from .interop.loading import load, resolve_checkpoint
     from .lora import merge_lora
 
     a_dir, b_dir = resolve_checkpoint(start), resolve_checkpoint(finetuned)
@@ -96,7 +96,7 @@ def write_checkpoint(weights: dict[str, torch.Tensor], finetuned_dir: Path, outp
     from safetensors.torch import save_file
 
     from .checkpoint import untied
-    from .hf_export import write_folder
+    from .interop.hf_export import write_folder
 
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise CheckpointError(f"--output {output} exists and is not an empty folder; choose a new one")
@@ -152,7 +152,7 @@ def sweep(start: str | Path, finetuned: str | Path, alphas: Sequence[float], tar
     """Evaluate theta(alpha) for each alpha on the `target` and `reference` `EvalTable`s (one model is built;
     only its weights change)."""
     from .evaluate import evaluate_table
-    from .factory import load
+    from .interop.loading import load
     from .lora import merge_lora
 
     a, b, b_dir = load_pair(start, finetuned, weights)

@@ -81,13 +81,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import contrastive
-    from contrastive.onnx_export import OnnxEncoders, with_onnx, write_onnx
+    from contrastive.interop.onnx_export import OnnxEncoders, with_onnx, write_onnx
     from contrastive.data import build_transform
     from contrastive.search import embed_collection, model_encoder
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_onnx-"))
     if args.checkpoint:
-        from contrastive.hf_export import _model_config
+        from contrastive.interop.hf_export import _model_config
 
         model, _, tokenizer = contrastive.load(args.checkpoint)
         cfg = _model_config(Path(args.checkpoint))

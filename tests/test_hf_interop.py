@@ -216,7 +216,7 @@ def test_export_refuses_outputs_that_would_destroy_data(tmp_path, capsys):
 
 
 def test_failed_export_leaves_the_output_as_it_was(tmp_path, monkeypatch):
-    import contrastive.hf_export as hf_export
+    import contrastive.interop.hf_export as hf_export
 
     run = small_run(tmp_path)
     out = tmp_path / "out"

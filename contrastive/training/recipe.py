@@ -42,9 +42,9 @@ from ..distributed import (
 from ..distributed import cleanup as leave_process_group
 from ..errors import ConfigError, RunError, error_line
 from ..evaluate import eval_postfix, evaluate_records, record_labels
-from ..hf_import import checkpoint_files
+from ..interop.hf_import import checkpoint_files
 from ..losses.batch import BatchLoss
-from ..pretrained import resolve_model_config
+from ..interop.pretrained import resolve_model_config
 from .finetune import finetune_param_groups
 from .forgetting import (EMA_SUFFIX, REFERENCE, BaselineHook, best_score, build_ema, reference_evaluation,
                          reference_tracker, trainable_line, with_ema_weights)

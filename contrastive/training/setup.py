@@ -75,7 +75,7 @@ def prepare_text(cfg: Config, info: DistInfo):
 
 def init_weights_from(model: ContrastiveModel, source: str) -> None:
     """Initialise from another run/checkpoint or a transformers directory (`model.init_from`)."""
-    from ..factory import load
+    from ..interop.loading import load
 
     from ..lora import merge_lora
 

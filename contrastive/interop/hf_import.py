@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from .builder import create_model, fit_weights
-from .checkpoint import resolve_checkpoint
-from .errors import CheckpointError
+from ..builder import create_model, fit_weights
+from ..checkpoint import resolve_checkpoint
+from ..errors import CheckpointError
 
 TOWERS_FILE, TOKENIZER_FILE = "hf_towers.json", "hf_tokenizer.json"
 _DUAL_TYPES = ("clip", "vision-text-dual-encoder")
@@ -33,7 +33,7 @@ _BUILTIN_ACTS = ("gelu", "quick_gelu")
 
 
 def is_hf_dual_dir(path: str | Path) -> bool:
-    from .encoders.hf import dual_encoder_type
+    from ..encoders.hf import dual_encoder_type
 
     return Path(path).is_dir() and dual_encoder_type(path) in _DUAL_TYPES
 
@@ -52,8 +52,8 @@ def model_config_from_hf(path: str | Path):
     """A ModelConfig describing the dual encoder saved in `path` (towers, tokenizer, width, preprocessing)."""
     from transformers import AutoConfig
 
-    from .config import ModelConfig
-    from .encoders.hf import dual_encoder_type, hf_preprocessing
+    from ..config import ModelConfig
+    from ..encoders.hf import dual_encoder_type, hf_preprocessing
 
     path = Path(path)
     if not _has_tokenizer_files(path):
@@ -94,7 +94,7 @@ def model_config_from_hf(path: str | Path):
 
 def hf_state_dict(dual, model) -> dict[str, torch.Tensor]:
     """A loaded transformers dual encoder's weights under a ContrastiveModel's parameter names."""
-    from .encoders.hf import HFTower, dual_tower
+    from ..encoders.hf import HFTower, dual_tower
 
     out: dict[str, torch.Tensor] = {}
     for modality, proj_src, proj_dst in (("image", "visual_projection", "image_projection"),
@@ -112,8 +112,8 @@ def hf_state_dict(dual, model) -> dict[str, torch.Tensor]:
 
 def load_hf_dir(path: Path, device: str | torch.device = "cpu"):
     """`contrastive.load` for CLIPModel / VisionTextDualEncoderModel directories -> (model, preprocess, tokenizer)."""
-    from .data import build_transform
-    from .encoders.hf import load_dual_model
+    from ..data import build_transform
+    from ..encoders.hf import load_dual_model
     cfg = model_config_from_hf(path)
     if cfg.image_encoder.startswith("hf:"):  # the weights below replace the towers' own: skip loading them twice
         cfg = dataclasses.replace(cfg, image_encoder_args={**cfg.image_encoder_args, "pretrained": False},
@@ -129,8 +129,8 @@ def load_hf_dir(path: Path, device: str | torch.device = "cpu"):
 
 def checkpoint_files(model, tokenizer) -> dict[str, str]:
     """Extra checkpoint files that make a model with HF towers / an HF tokenizer loadable without their directories."""
-    from .encoders.hf import HFTower
-    from .hf_tokenizer import HFTokenizer
+    from ..encoders.hf import HFTower
+    from ..hf_tokenizer import HFTokenizer
 
     files: dict[str, str] = {}
     towers = {m: getattr(model, f"{m}_encoder") for m in ("image", "text")}
@@ -161,7 +161,7 @@ def bundled_checkpoint(path: Path) -> Path | None:
 
 
 def load_bundled_tokenizer(ckpt: Path, context_length: int):
-    from .hf_tokenizer import HFTokenizer
+    from ..hf_tokenizer import HFTokenizer
 
     bundle: dict[str, Any] = json.loads((ckpt / TOKENIZER_FILE).read_text())
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,9 +178,9 @@ def load_bundled_tokenizer(ckpt: Path, context_length: int):
 
 def load_bundled_checkpoint(path: Path, device: str | torch.device = "cpu"):
     """`contrastive.load` for checkpoints that carry HF tower configs / tokenizer files."""
-    from .checkpoint import load_weights, read_meta
-    from .config import config_from_dict
-    from .data import build_transform
+    from ..checkpoint import load_weights, read_meta
+    from ..config import config_from_dict
+    from ..data import build_transform
     ckpt = bundled_checkpoint(path)
     model_cfg = config_from_dict(read_meta(ckpt)["config"]).model
     cfg = dataclasses.replace(model_cfg, init_from="", trust_remote_code=False)  # loading never imports model code
@@ -191,7 +191,7 @@ def load_bundled_checkpoint(path: Path, device: str | torch.device = "cpu"):
             field = f"{m}_encoder_args"
             cfg = dataclasses.replace(cfg, **{field: {**getattr(cfg, field), "hf_config": hf_config}})
     if tokenizer is None and (ckpt / "tokenizer.json").is_file():
-        from .tokenizer import load_tokenizer_file
+        from ..tokenizer import load_tokenizer_file
 
         tokenizer = load_tokenizer_file(ckpt / "tokenizer.json", cfg.context_length)
     model, tokenizer = create_model(cfg, tokenizer)

@@ -275,8 +275,8 @@ def index_command(argv: list[str]) -> int:
     parser.add_argument("--kind", default="auto", choices=["auto", "flat", "ivf", "hnsw", "ivfpq"])
     parser.add_argument("--threshold", type=int_at_least(1), default=100_000,
                         help="auto: exact search up to this many images, ivf above")
-    parser.add_argument("--nlist", type=int_at_least(1), default=None, help="ivf cells (default about 4 sqrt(N))")
-    parser.add_argument("--nprobe", type=int_at_least(1), default=None, help="ivf cells searched (default nlist/16)")
+    parser.add_argument("--nlist", type=int_at_least(1), default=None, help="ivf cells (default about sqrt(N))")
+    parser.add_argument("--nprobe", type=int_at_least(1), default=None, help="ivf cells searched (default nlist/8)")
     parser.add_argument("--recall-queries", type=int_at_least(1), default=1000, help="queries scoring the recall")
     args = parser.parse_args(argv)
     from .search.index import build_collection_index

@@ -2,7 +2,7 @@
 set, fine-tune it on the icons benchmark, and score what each remedy keeps of shapes against what it gains on icons.
 
     python scripts/bench_forgetting.py ../bench-data/icons                 # everything (the start included)
-    python scripts/bench_forgetting.py ../bench-data/icons --start runs/start --steps 60
+    python scripts/bench_forgetting.py ../bench-data/icons --start runs/start     # reuse a trained start
 
 The icons data is built by `python ../shared/bench/icons/prepare.py ../bench-data/icons`. The start is trained with
 `configs/shapes_tiny.yaml` for `--start-steps` steps (or given with `--start`). Each remedy is one fine-tuning run
@@ -57,11 +57,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("data", help="icons benchmark folder with train.csv and test.csv")
     p.add_argument("--start", default="", help="a start run or checkpoint (default: train one with configs/shapes_tiny.yaml)")
     p.add_argument("--start-steps", type=int, default=200, help="steps of the start's training")
-    p.add_argument("--steps", type=int, default=150, help="steps of each fine-tuning run (about 5 epochs at batch 64)")
+    p.add_argument("--steps", type=int, default=300, help="steps of each fine-tuning run (about 10 epochs at batch 64)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4, help="learning rate of full fine-tuning and the locked tower")
-    p.add_argument("--ema-decay", type=float, default=0.99, help="per step, without warm-up: after 150 steps the "
-                   "start still weighs 0.99^150 = 22%% in the average")
+    p.add_argument("--ema-decay", type=float, default=0.995, help="per step, without warm-up: after 300 steps the "
+                   "start still weighs 0.995^300 = 22%% in the average")
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-lr", type=float, default=2e-3, help="LoRA's learning rate (adapters start at zero)")
     p.add_argument("--alphas", default="0,0.2,0.4,0.6,0.8,1")

@@ -228,10 +228,11 @@ def main(argv=None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     start = start_checkpoint(a, work)
     full = finetune(a, work, start, "full", f"train.ema_decay={a.ema_decay}", "train.ema_warmup=false")
+    curve = wise_ft(a, work, start, work / "full")
+    print(json.dumps({"full": full, "wise_ft": curve}), flush=True)  # the figures so far, in case of a stop
     locked = finetune(a, work, start, "locked", "finetune.image.lock=true")
     lora = finetune(a, work, start, "lora", f"finetune.image.lora.rank={a.lora_rank}",
                     f"finetune.text.lora.rank={a.lora_rank}", f"optim.lr={a.lora_lr}")
-    curve = wise_ft(a, work, start, work / "full")
     begin = full["start"]
     rows = {"full": full["model"], "EMA": full["ema"], "locked image": locked["model"], "LoRA": lora["model"],
             **{f"WiSE-FT α={p['alpha']:g}": p for p in curve if 0 < p["alpha"] < 1}}

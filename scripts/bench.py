@@ -7,7 +7,11 @@
     python scripts/bench.py --specs b32,b16,l14   # add ViT-L/14 b128
 
 Prints JSON and appends a markdown table to docs/benchmarks.md (section "## Training speed"). OpenCLIP is the
-optional `bench` extra (`pip install -e .[bench]`); without it the toolkit's variants are compared to `plain`.
+optional `bench` extra (`pip install -e .[bench]`); it runs twice, as its training script builds AdamW (torch's
+default implementation) and with the fused AdamW kernel the toolkit's default uses. Speed-ups are given over
+OpenCLIP and over `plain`; without OpenCLIP the toolkit's variants are compared to `plain` alone. With `--data`,
+OpenCLIP reads the table through its own pipeline (`open_clip_train.data.CsvDataset` and its transforms), the
+toolkit through its training loader.
 """
 
 from __future__ import annotations
@@ -15,11 +19,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import shlex
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -72,12 +79,57 @@ def contenders_for(spec: B.BenchSpec, device: torch.device, precision: str, vari
     if openclip:
         torch.manual_seed(0)
         out.append(B.openclip_contender("openclip", spec, device, precision))
+        torch.manual_seed(0)
+        out.append(B.openclip_contender("openclip+fused_adamw", spec, device, precision, fused_adamw=True))
         if compile_openclip:
             out.append(B.openclip_contender("openclip+compile", spec, device, precision, compile=True))
     for name in variants:
         torch.manual_seed(0)
         out.append(B.toolkit_contender(name, spec, device, precision, B.VARIANTS[name]))
     return out
+
+
+def make_feeds(contenders: list[B.Contender], args: argparse.Namespace, spec: B.BenchSpec, device: torch.device,
+               lengths: tuple[int, int] | None, folder: str) -> dict[str, Iterator[dict]]:
+    """Each contender's batches: one synthetic batch repeated for all, or with --data each side's own pipeline
+    (OpenCLIP's contenders share one, the toolkit's another)."""
+    if not args.data:
+        synthetic = itertools.repeat(B.synthetic_batch(spec, device, caption_lengths=lengths))
+        return {c.name: synthetic for c in contenders}
+    toolkit = B.loader_batches(args.data, spec, device, args.workers, pin_memory=not args.no_pin_memory,
+                               copy_stream=not args.no_copy_stream)
+    names = [c.name for c in contenders]
+    openclip = (B.openclip_batches(args.data, spec, device, args.workers, folder)
+                if any(n.startswith("openclip") for n in names) else None)
+    return {n: openclip if n.startswith("openclip") else toolkit for n in names}
+
+
+def count_flops(contenders: list[B.Contender], spec: B.BenchSpec, device: torch.device, precision: str,
+                batch: dict) -> tuple[int, dict[str, int]]:
+    """(useful, executed by contender name) FLOPs of one step on `batch`. Useful: the toolkit's `plain` step, the
+    full computation a straightforward model does. Executed: an eager step of the contender's own kind (compiled
+    kernels are invisible to the counter), so work a shortcut skips is not counted. The fused kernels (AdamW, q/k/v)
+    run the same matmuls as the plain ones, so toolkit variants are counted per (pooled last block, trimmed padding)."""
+    def eager_twin(key: tuple) -> B.Contender:
+        if key[0] == "openclip":
+            return next(x for x in contenders if x.name == "openclip")
+        return B.toolkit_contender("flops", spec, device, precision,
+                                   B.dataclasses.replace(B.PLAIN, pooled_last_block=key[1], trim_padding=key[2]))
+
+    counted: dict[tuple, int] = {}
+    executed = {}
+    for c in contenders:
+        if c.name.startswith("openclip"):
+            key: tuple = ("openclip",)
+        else:
+            key = ("toolkit", B.VARIANTS[c.name].pooled_last_block, B.VARIANTS[c.name].trim_padding)
+        if key not in counted:
+            counted[key] = B.step_flops(eager_twin(key), batch, device)
+        executed[c.name] = counted[key]
+    plain = ("toolkit", False, False)
+    if plain not in counted:
+        counted[plain] = B.step_flops(eager_twin(plain), batch, device)
+    return counted[plain], executed
 
 
 def bench_spec(spec_name: str, args: argparse.Namespace, device: torch.device) -> dict:
@@ -106,11 +158,8 @@ def bench_spec(spec_name: str, args: argparse.Namespace, device: torch.device) -
     steps = args.steps or (10 if cuda else 2)
 
     lengths = caption_lengths(args)
-    if args.data:
-        batches = B.loader_batches(args.data, spec, device, args.workers, pin_memory=not args.no_pin_memory,
-                                    copy_stream=not args.no_copy_stream)
-    else:
-        batches = itertools.repeat(B.synthetic_batch(spec, device, caption_lengths=lengths))
+    tmp = tempfile.TemporaryDirectory()  # OpenCLIP's copy of the table in --data mode
+    feeds = make_feeds(contenders, args, spec, device, lengths, tmp.name)
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     matmul_n = 8192 if cuda else 1024
@@ -118,42 +167,39 @@ def bench_spec(spec_name: str, args: argparse.Namespace, device: torch.device) -
     peak_rate = max(B.matmul_rate(device, dtype, matmul_n) for _ in range(3))
     first_step = {}
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    for c in contenders:  # warm-up: compilation, allocator caches, optimizer state
+    for c in contenders:  # warm-up: compilation, allocator caches, optimizer state, workers started
         B.synchronize(device)
         t0 = time.perf_counter()
-        c.step(next(batches), scaler)
+        c.step(next(feeds[c.name]), scaler)
         B.synchronize(device)
         first_step[c.name] = time.perf_counter() - t0
-        c.step(next(batches), scaler)
+        c.step(next(feeds[c.name]), scaler)
     print(f"[{spec_name}] warm-up done: " + ", ".join(f"{k} {v:.1f}s" for k, v in first_step.items()), file=sys.stderr)
 
-    run = B.run_end_to_end if args.data else B.run_alternating
-    times = run(contenders, batches, device, precision, rounds, steps)
-    results = B.summarise(contenders, times, spec.batch_size, reference)
+    if args.data:
+        times = B.run_end_to_end(contenders, feeds, device, precision, rounds, steps)
+    else:
+        times = B.run_alternating(contenders, feeds[contenders[0].name], device, precision, rounds, steps)
+    also = ("plain",) if reference != "plain" and "plain" in variants else ()
+    results = B.summarise(contenders, times, spec.batch_size, reference, also)
 
     peak_rate = max([peak_rate] + [B.matmul_rate(device, dtype, matmul_n) for _ in range(3)])
     flop_batch = B.synthetic_batch(spec, device, seed=1, caption_lengths=lengths)
-    flops = {}
+    useful, executed = count_flops(contenders, spec, device, precision, flop_batch)
     for c, r in zip(contenders, results):
-        kind = "openclip" if c.name.startswith("openclip") else "toolkit"
-        if kind not in flops:
-            # model FLOPs: an eager step of each kind (compiled kernels are invisible to the counter); the toolkit's
-            # is counted on `plain`, the full computation, so work its shortcuts skip does not count as throughput
-            if kind == "openclip":
-                eager = next(x for x in contenders if x.name.startswith("openclip") and "compile" not in x.name)
-            else:
-                eager = B.toolkit_contender("flops", spec, device, precision, B.VARIANTS["plain"])
-            flops[kind] = B.step_flops(eager, flop_batch, device)
-        r.phases_s = {k: round(v, 4) for k, v in B.phase_split(c, batches, device, precision, args.split_steps).items()}
+        r.phases_s = {k: round(v, 4) for k, v in B.phase_split(c, feeds[c.name], device, precision, args.split_steps).items()}
         r.peak_memory_gib = round(B.peak_memory(c, flop_batch, device, precision) / 2**30, 3)
-        r.gflop_per_sample = round(flops[kind] / spec.batch_size / 1e9, 3)
-        r.mfu = round(flops[kind] / r.step_s / peak_rate, 4)
+        r.useful_gflop_per_sample = round(useful / spec.batch_size / 1e9, 3)
+        r.executed_gflop_per_sample = round(executed[c.name] / spec.batch_size / 1e9, 3)
+        r.mfu_useful = round(useful / r.step_s / peak_rate, 4)
+        r.mfu_executed = round(executed[c.name] / r.step_s / peak_rate, 4)
         r.compile_s = round(first_step[c.name], 2)
+    tmp.cleanup()
     return {
         "spec": spec_name,
         "sizes": B.dataclasses.asdict(spec),
         "precision": precision,
-        "mode": (f"end-to-end ({args.data}, {args.workers} workers)" if args.data else "synthetic batch on device"
+        "mode": (f"end-to-end ({args.data}, {args.workers} workers, each side's own pipeline)" if args.data else "synthetic batch on device"
                  + (f", captions of {args.caption_lengths} tokens" if args.caption_lengths else "")),
         "reference": reference,
         "rounds": rounds,
@@ -164,17 +210,28 @@ def bench_spec(spec_name: str, args: argparse.Namespace, device: torch.device) -
     }
 
 
+def markdown_report(rep: dict, machine: str, command: str, stamp: str) -> str:
+    return (f"\n### {rep['spec']} b{rep['sizes']['batch_size']} {rep['precision']}, {rep['mode']} ({stamp})\n\n"
+            f"Machine: {machine}. Command: `{command}`. Medians of {rep['rounds']} alternating rounds of "
+            f"{rep['steps_per_round']} steps (× columns: median over rounds of the named contender's step time over "
+            f"this one's); MFU against a measured {rep['peak_matmul_tflops']} TFLOP/s matmul, in useful FLOPs (the "
+            f"plain step's, the same for every contender) / executed FLOPs (each contender's own step).\n\n"
+            f"{rep['table']}\n")
+
+
 def append_markdown(path: Path, reports: list[dict], machine: str, command: str) -> None:
+    """Add the reports at the end of the file's "## Training speed" section (created at the end if missing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if "## Training speed" not in text:
-        text = text.rstrip("\n") + "\n\n## Training speed\n\nAppended by `scripts/bench.py`; newest last.\n"
+    heading = "\n## Training speed\n"
+    if heading not in text:
+        text = text.rstrip("\n") + "\n" + heading + "\nAppended by `scripts/bench.py`; newest last.\n"
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    for rep in reports:
-        text += (f"\n### {rep['spec']} b{rep['sizes']['batch_size']} {rep['precision']}, {rep['mode']} ({stamp})\n\n"
-                 f"Machine: {machine}. Command: `{command}`. Medians of {rep['rounds']} alternating rounds of "
-                 f"{rep['steps_per_round']} steps; MFU against a measured {rep['peak_matmul_tflops']} TFLOP/s matmul.\n\n"
-                 f"{rep['table']}\n")
+    block = "".join(markdown_report(rep, machine, command, stamp) for rep in reports)
+    start = text.index(heading) + len(heading)
+    end = text.find("\n## ", start)
+    end = len(text) if end < 0 else end
+    text = text[:end].rstrip("\n") + "\n" + block + text[end:]
     path.write_text(text)
 
 
@@ -186,8 +243,9 @@ def main(argv: list[str] | None = None) -> None:
     for s in specs:
         if s not in B.SPECS:
             raise SystemExit(f"unknown spec {s!r}; known: {', '.join(B.SPECS)}")
-    machine = B.machine_description(device)
+    load_before = os.getloadavg()[0]
     reports = [bench_spec(s, args, device) for s in specs]
+    machine = f"{B.machine_description(device)}, load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     command = "python scripts/bench.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     report = {"machine": machine, "command": command.strip(), "reports": reports}
     print(json.dumps(report, indent=1))

@@ -5,10 +5,9 @@ random-resized-crop to the model size, normalise and tokenize; they take turns f
 every other round, so that none always runs first) and the median
 images/s of each is reported (the first batch, which includes worker start-up, is not timed).
 
-OpenCLIP's `CsvDataset` lives in its training package (`open_clip_train`), which is not on PyPI; the reference here
-is a few lines that do what it does: `Image.open`, OpenCLIP's `image_transform(size, is_train=True)` (PIL
-RandomResizedCrop(0.9, 1.0), bicubic; convert; ToTensor; Normalize) and its tokenizer. Needs `pip install
-".[bench]"`.
+The reference is OpenCLIP's own `open_clip_train.data.CsvDataset` (in the open_clip_torch wheel) with its
+`image_transform(size, is_train=True)` (PIL RandomResizedCrop(0.9, 1.0), bicubic; convert; ToTensor; Normalize) and
+its tokenizer. Needs `pip install ".[bench]"`.
 
     python scripts/bench_data.py --images 1024 --source-size 640x480 --size 224 --workers 2
 """
@@ -18,7 +17,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import platform
+import shlex
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from contrastive.data import Collate, ImageTextDataset, ImageTransform, ResumableBatchSampler, TableSource
 from contrastive.tokenizer import build_tokenizer
@@ -59,25 +62,6 @@ def make_images(folder: Path, n: int, width: int, height: int, seed: int = 0) ->
     return table
 
 
-class OpenClipCsv(Dataset):
-    """What OpenCLIP's CsvDataset does per sample: open with PIL, its transforms, its tokenizer."""
-
-    def __init__(self, table: Path, transforms, tokenizer) -> None:
-        import pandas as pd
-
-        df = pd.read_csv(table)
-        self.images, self.captions = df["filepath"].tolist(), df["title"].tolist()
-        self.transforms, self.tokenize = transforms, tokenizer
-
-    def __len__(self) -> int:
-        return len(self.captions)
-
-    def __getitem__(self, idx: int):
-        images = self.transforms(Image.open(str(self.images[idx])))
-        texts = self.tokenize([str(self.captions[idx])])[0]
-        return images, texts
-
-
 class _NoDraft(ImageTransform):
     @property
     def min_side(self) -> int:
@@ -86,8 +70,10 @@ class _NoDraft(ImageTransform):
 
 def openclip_loader(table: Path, size: int, batch: int, workers: int) -> DataLoader:
     import open_clip
+    from open_clip_train.data import CsvDataset
 
-    ds = OpenClipCsv(table, open_clip.image_transform(size, is_train=True), open_clip.get_tokenizer("ViT-B-32"))
+    ds = CsvDataset(str(table), open_clip.image_transform(size, is_train=True), img_key="filepath", caption_key="title",
+                    sep=",", tokenizer=open_clip.get_tokenizer("ViT-B-32"))
     return DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
                       persistent_workers=False, prefetch_factor=4 if workers else None)
 
@@ -99,6 +85,15 @@ def our_loader(table: Path, size: int, batch: int, workers: int, draft: bool = T
     sampler = ResumableBatchSampler(len(ds), batch, seed=0)
     return DataLoader(ds, batch_sampler=sampler, collate_fn=Collate(build_tokenizer("byte", 77)), num_workers=workers,
                       prefetch_factor=4 if workers else None)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def images_per_second(loader: DataLoader) -> float:
@@ -122,6 +117,7 @@ def main() -> None:
     p.add_argument("--json", default="", help="write the figures here")
     args = p.parse_args()
     torch.set_num_threads(1)
+    load_before = os.getloadavg()[0]
     tmp = tempfile.TemporaryDirectory()
     if args.data:
         table = Path(args.data)
@@ -140,6 +136,8 @@ def main() -> None:
             results[name].append(images_per_second(make()))
             print(f"round {r + 1} {name:24s} {results[name][-1]:8.1f} images/s", flush=True)
     base = statistics.median(results["openclip"])
+    print(f"\nMachine: {machine()}, load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end. "
+          f"Command: `python scripts/bench_data.py {' '.join(shlex.quote(a) for a in sys.argv[1:])}`")
     print(f"\n| pipeline | images/s (median of {args.rounds}) | vs OpenCLIP |\n|---|---|---|")
     for name, values in results.items():
         m = statistics.median(values)

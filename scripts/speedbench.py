@@ -6,17 +6,21 @@ of a run share one architecture size (`BenchSpec`), batch, precision and AdamW s
 step each, round after round — so that load from other processes on a shared machine falls on all of them alike;
 ratios are medians over rounds. Per contender the report gives samples/s, the time split of a step (data / forward
 / backward / optimizer, from separate synchronised steps), peak memory, FLOPs per sample (`torch.utils.flop_counter`)
-and MFU against the matmul rate measured on the same device in the same run.
+and MFU against the matmul rate measured on the same device in the same run, twice: in useful FLOPs (what the
+plain model's step computes, the same for every contender) and in executed FLOPs (what the contender's own step
+computes: less where it skips work).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import platform
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -131,9 +135,10 @@ def synchronize(device: torch.device) -> None:
 
 
 def bench_config(spec: BenchSpec, precision: str, options: StepOptions, lr: float = 5e-4) -> Config:
-    """The run config whose train step a toolkit contender executes (plain CLIP loss, as OpenCLIP's)."""
+    """The run config whose train step a toolkit contender executes: the CLIP loss with the default config's
+    duplicate-aware targets, as `contrastive train` runs it (OpenCLIP's ClipLoss has no such targets)."""
     return Config(
-        loss=LossConfig(name="clip", duplicate_aware=False),
+        loss=LossConfig(name="clip"),
         optim=OptimConfig(lr=lr, fused=options.fused_adamw, foreach=options.foreach),
         model=ModelConfig(fused_qkv=options.fused_qkv, pooled_last_block=options.pooled_last_block),
         train=TrainConfig(batch_size=spec.batch_size, precision=precision, compile=options.compile),
@@ -166,9 +171,11 @@ def toolkit_contender(name: str, spec: BenchSpec, device: torch.device, precisio
 
 
 def openclip_contender(name: str, spec: BenchSpec, device: torch.device, precision: str, compile: bool = False,
-                       lr: float = 5e-4) -> Contender:
+                       fused_adamw: bool = False, lr: float = 5e-4) -> Contender:
     """OpenCLIP's CLIP at the same sizes, stepped as its `train_one_epoch` does (autocast, ClipLoss, clip grad
-    norm, AdamW with torch's default implementation, logit-scale clamp)."""
+    norm, AdamW, logit-scale clamp). Its training script builds AdamW with torch's default implementation (the
+    per-tensor loop on CPU); `fused_adamw` gives it the fused kernel the toolkit's default uses, so that the ratio
+    to the toolkit separates optimizer settings from model code."""
     from open_clip.loss import ClipLoss
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
@@ -187,7 +194,7 @@ def openclip_contender(name: str, spec: BenchSpec, device: torch.device, precisi
     optimizer = torch.optim.AdamW(
         [{"params": [p for n, p in named if no_decay(n, p)], "weight_decay": 0.0},
          {"params": [p for n, p in named if not no_decay(n, p)], "weight_decay": o.weight_decay}],
-        lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+        lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused_adamw or None)
     loss_fn = ClipLoss()
     forward = torch.compile(model) if compile else model
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -268,6 +275,44 @@ def loader_batches(data: str, spec: BenchSpec, device: torch.device, num_workers
     while True:
         yield from device_batches((with_trim_length(b) for b in train_data.batches(epoch, 0)), device, copy_stream)
         epoch += 1
+
+
+def openclip_table(data: str, folder: str) -> str:
+    """The training table in the form OpenCLIP's `CsvDataset` reads: tab-separated `filepath` / `title` columns,
+    image paths as given to its `--train-data` (absolute here, as it opens them from the working directory)."""
+    import pandas as pd
+
+    from contrastive.config import DataConfig
+
+    keys = DataConfig()
+    df = pd.read_csv(data, sep="\t" if data.endswith(".tsv") else ",")
+    root = Path(data).resolve().parent
+    out = pd.DataFrame({"filepath": [str(root / f) for f in df[keys.image_key]], "title": df[keys.caption_key]})
+    path = Path(folder) / "openclip_train.tsv"
+    out.to_csv(path, sep="\t", index=False)
+    return str(path)
+
+
+def openclip_batches(data: str, spec: BenchSpec, device: torch.device, num_workers: int,
+                     folder: str) -> Iterator[dict[str, Any]]:
+    """Endless batches from OpenCLIP's own pipeline, built as its training script builds it (`open_clip_train.data`:
+    `CsvDataset` with `image_transform(size, is_train=True)`, a shuffled DataLoader that drops the last batch,
+    pinned on CUDA, new workers each epoch; the batch copied to the device with `non_blocking`). The captions go
+    through the byte tokenizer (its ids, padded to the context): the towers of all contenders share one vocabulary."""
+    from open_clip import image_transform
+    from open_clip_train.data import CsvDataset
+    from torch.utils.data import DataLoader
+
+    from contrastive.tokenizer import build_tokenizer
+
+    dataset = CsvDataset(openclip_table(data, folder), image_transform(spec.image_size, is_train=True),
+                         img_key="filepath", caption_key="title", sep="\t",
+                         tokenizer=build_tokenizer("byte", spec.context_length))
+    loader = DataLoader(dataset, batch_size=spec.batch_size, shuffle=True, num_workers=num_workers,
+                        pin_memory=device.type == "cuda", drop_last=True)
+    while True:
+        for images, texts in loader:
+            yield {"pixels": images.to(device, non_blocking=True), "tokens": texts.to(device, non_blocking=True)}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -366,15 +411,19 @@ class Result:
     round_s: list[float] = field(default_factory=list)
     phases_s: dict[str, float] = field(default_factory=dict)
     peak_memory_gib: float = 0.0
-    gflop_per_sample: float = 0.0
-    mfu: float = 0.0
+    useful_gflop_per_sample: float = 0.0  # the plain model's step: the work the task needs, the same for all
+    executed_gflop_per_sample: float = 0.0  # this contender's own step (less where it skips work)
+    mfu_useful: float = 0.0  # useful FLOPs / step time / matmul rate
+    mfu_executed: float = 0.0  # executed FLOPs / step time / matmul rate
     speedup_vs_reference: float = 1.0  # median over rounds of (reference step time / this step time)
+    speedups: dict[str, float] = field(default_factory=dict)  # the same against each compared contender, by name
     compile_s: float = 0.0  # first-step time (includes compilation for compiled contenders)
 
 
 def run_alternating(contenders: list[Contender], batches: Iterator[dict[str, Any]], device: torch.device,
-                    precision: str, rounds: int, steps_per_round: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per step of each contender in each round; contenders take turns (one block of steps each)."""
+                    precision: str, rounds: int, steps_per_round: int) -> dict[str, list[float]]:
+    """Seconds per step of each contender in each round; contenders take turns (one block of steps each). The
+    caller warms every contender up first (compilation, allocator caches, optimizer state): every round counts."""
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     times: dict[str, list[float]] = {c.name: [] for c in contenders}
     for r in range(rounds):
@@ -392,10 +441,10 @@ def run_alternating(contenders: list[Contender], batches: Iterator[dict[str, Any
     return times
 
 
-def run_end_to_end(contenders: list[Contender], batches: Iterator[dict[str, Any]], device: torch.device,
+def run_end_to_end(contenders: list[Contender], feeds: dict[str, Iterator[dict[str, Any]]], device: torch.device,
                    precision: str, rounds: int, steps_per_round: int) -> dict[str, list[float]]:
-    """Like `run_alternating`, but fetching each batch from the loader inside the timed block, so waiting for data
-    counts (workers keep preparing batches while a step runs)."""
+    """Like `run_alternating`, but each contender fetches each batch from its own pipeline (`feeds[name]`) inside
+    the timed block, so waiting for data counts (workers keep preparing batches while a step runs)."""
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     times: dict[str, list[float]] = {c.name: [] for c in contenders}
     for r in range(rounds):
@@ -403,20 +452,24 @@ def run_end_to_end(contenders: list[Contender], batches: Iterator[dict[str, Any]
             synchronize(device)
             t0 = time.perf_counter()
             for _ in range(steps_per_round):
-                c.step(next(batches), scaler)
+                c.step(next(feeds[c.name]), scaler)
             synchronize(device)
             times[c.name].append((time.perf_counter() - t0) / steps_per_round)
     return times
 
 
-def summarise(contenders: list[Contender], times: dict[str, list[float]], batch_size: int, reference: str) -> list[Result]:
+def summarise(contenders: list[Contender], times: dict[str, list[float]], batch_size: int, reference: str,
+              also: tuple[str, ...] = ()) -> list[Result]:
+    """Per contender: median step time and samples/s, and the median over rounds of (reference time / own time)
+    for `reference` and for each contender named in `also` (e.g. `plain` beside OpenCLIP)."""
     results = []
     for c in contenders:
         ts = times[c.name]
-        ratios = [ref / t for ref, t in zip(times[reference], ts)]
+        speedups = {ref: statistics.median([a / t for a, t in zip(times[ref], ts)]) for ref in (reference, *also)}
         step_s = statistics.median(ts)
         results.append(Result(c.name, batch_size / step_s, step_s, [round(t, 4) for t in ts],
-                              speedup_vs_reference=statistics.median(ratios)))
+                              speedup_vs_reference=speedups[reference],
+                              speedups={k: round(v, 4) for k, v in speedups.items()}))
     return results
 
 
@@ -431,16 +484,20 @@ def machine_description(device: torch.device) -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def markdown_table(results: list[Result], reference: str) -> str:
-    rows = ["| contender | samples/s | × " + reference + " | step ms | data / fwd / bwd / opt ms | peak GiB | GFLOP/sample | MFU |",
-            "|---|---:|---:|---:|---|---:|---:|---:|"]
+    others = [k for k in (results[0].speedups if results else {}) if k != reference]
+    rows = ["| contender | samples/s | × " + " | × ".join([reference, *others]) + " | step ms | data / fwd / bwd / opt ms "
+            "| peak GiB | GFLOP/sample useful / executed | MFU useful / executed |",
+            "|---|---:|" + "---:|" * (1 + len(others)) + "---:|---|---:|---:|---:|"]
     for r in results:
         ph = " / ".join(f"{1000 * r.phases_s.get(k, 0.0):.0f}" for k in ("data", "forward", "backward", "optimizer"))
-        rows.append(f"| {r.name} | {r.samples_per_s:,.1f} | {r.speedup_vs_reference:.2f} | {1000 * r.step_s:.0f} | {ph} "
-                    f"| {r.peak_memory_gib:.2f} | {r.gflop_per_sample:.2f} | {100 * r.mfu:.1f}% |")
+        ratios = " | ".join(f"{x:.2f}" for x in [r.speedup_vs_reference, *(r.speedups[k] for k in others)])
+        rows.append(f"| {r.name} | {r.samples_per_s:,.1f} | {ratios} | {1000 * r.step_s:.0f} | {ph} "
+                    f"| {r.peak_memory_gib:.2f} | {r.useful_gflop_per_sample:.2f} / {r.executed_gflop_per_sample:.2f} "
+                    f"| {100 * r.mfu_useful:.1f}% / {100 * r.mfu_executed:.1f}% |")
     return "\n".join(rows)
 
 

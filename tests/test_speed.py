@@ -4,6 +4,7 @@ import copy
 import itertools
 import statistics
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -250,6 +251,49 @@ def test_step_flops_count_cpu_attention(fused_qkv):
     assert B.step_flops(c, B.synthetic_batch(MICRO, torch.device("cpu")), torch.device("cpu")) == expected
 
 
+def test_toolkit_contender_runs_the_default_loss():
+    # the step `contrastive train` runs with the shipped recipe: duplicate-aware CLIP loss
+    shipped = load_config(str(ROOT / "configs/shapes_tiny.yaml")).loss
+    bench = B.bench_config(MICRO, "fp32", B.StepOptions()).loss
+    assert (bench.name, bench.duplicate_aware) == (shipped.name, shipped.duplicate_aware) == ("clip", True)
+
+
+def test_openclip_contender_optimizer_settings():
+    pytest.importorskip("open_clip")
+    cpu = torch.device("cpu")
+    as_its_script = B.openclip_contender("openclip", MICRO, cpu, "fp32").optimizer
+    fused = B.openclip_contender("openclip+fused_adamw", MICRO, cpu, "fp32", fused_adamw=True).optimizer
+    assert not as_its_script.defaults["fused"] and not as_its_script.defaults["foreach"]  # the per-tensor loop
+    assert fused.defaults["fused"]
+    assert [g["weight_decay"] for g in fused.param_groups] == [g["weight_decay"] for g in as_its_script.param_groups]
+
+
+def test_openclip_reads_data_through_its_own_pipeline(repo_root, tmp_path):
+    pytest.importorskip("open_clip_train")
+    import pandas as pd
+    from open_clip_train.data import CsvDataset
+
+    spec = B.dataclasses.replace(MICRO, vocab_size=259, context_length=16, batch_size=4)
+    table = repo_root / "data/shapes/train.csv"
+    batches = B.openclip_batches(str(table), spec, torch.device("cpu"), num_workers=0, folder=str(tmp_path))
+    batch = next(batches)
+    assert batch["pixels"].shape == (4, 3, 16, 16) and batch["tokens"].shape == (4, 16)
+    assert batch["pixels"].dtype == torch.float32 and "trim_length" not in batch
+    # OpenCLIP's dataset over a copy of the table: every row, absolute paths, the same captions
+    copy_ = pd.read_csv(tmp_path / "openclip_train.tsv", sep="\t")
+    source = pd.read_csv(table)
+    assert len(copy_) == len(source) and all(Path(f).is_absolute() and Path(f).is_file() for f in copy_["filepath"][:5])
+    assert copy_["title"].tolist() == source["caption"].tolist()
+    dataset = CsvDataset(str(tmp_path / "openclip_train.tsv"), lambda im: im, "filepath", "title", sep="\t",
+                         tokenizer=lambda texts: texts)
+    assert len(dataset) == len(source)
+    # the captions are tokenized for the shared vocabulary: each row is one caption of the table
+    from contrastive.tokenizer import build_tokenizer
+
+    tokenized = {tuple(t.tolist()) for t in build_tokenizer("byte", 16)(source["caption"].tolist())}
+    assert all(tuple(row.tolist()) in tokenized for row in batch["tokens"])
+
+
 def test_openclip_contender_counts_the_same_flops():
     pytest.importorskip("open_clip")
     batch = B.synthetic_batch(MICRO, torch.device("cpu"))
@@ -291,6 +335,12 @@ def test_summary_speedup_is_reference_time_over_own_time():
     # the ratio is a median over rounds, not a ratio of medians: a round where both slowed down together cancels
     ref2, noisy = B.summarise(named[:2], {"ref": [1.0, 1.0, 9.0], "fast": [0.5, 3.0, 4.5]}, 12, "ref")
     assert noisy.speedup_vs_reference == 2.0 and ref2.step_s / noisy.step_s == 1 / 3
+    # a second reference (plain beside OpenCLIP): ratios over each, each its own column
+    ref, fast, slow = B.summarise(named, times, 12, "ref", also=("slow",))
+    assert fast.speedups == {"ref": 2.0, "slow": 4.0} and slow.speedups == {"ref": 0.5, "slow": 1.0}
+    table = B.markdown_table([ref, fast, slow], "ref").splitlines()
+    assert "| × ref | × slow |" in table[0] and "| fast | 8.0 | 2.00 | 4.00 |" in table[3]
+    assert all(row.count("|") == table[0].count("|") for row in table)
 
 
 def test_end_to_end_mode_steps_on_real_batches(repo_root):
@@ -303,7 +353,7 @@ def test_end_to_end_mode_steps_on_real_batches(repo_root):
     before = {n: p.detach().clone() for n, p in c.model.named_parameters()}
     fetched = []
     counted = (fetched.append(b) or b for b in batches)
-    times = B.run_end_to_end([c], counted, device, "fp32", rounds=2, steps_per_round=2)
+    times = B.run_end_to_end([c], {"default": counted}, device, "fp32", rounds=2, steps_per_round=2)
     assert {k: len(v) for k, v in times.items()} == {"default": 2}
     assert len(fetched) == 4  # each timed step fetched its own batch from the loader
     assert len({b["pixels"].data_ptr() for b in fetched}) == 4 and not torch.equal(fetched[0]["pixels"], fetched[1]["pixels"])

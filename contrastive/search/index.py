@@ -24,6 +24,7 @@ from . import store
 KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
 AUTO_THRESHOLD = 100_000  # vectors: exact search of 100k x 512 takes ~10 ms per query on 2 cores
 INDEX_FILE, REPORT_FILE = "index.faiss", "index.json"
+PQ_MIN_VECTORS = 39 * 256  # faiss's least training set for 256 codes per sub-vector
 
 
 @dataclass
@@ -80,6 +81,9 @@ def build_index(vectors: np.ndarray, kind: str = "flat", *, nlist: int | None = 
         if kind == "ivf":
             index = faiss.IndexIVFFlat(quantizer, d, nlist, ip)
         else:
+            if n < PQ_MIN_VECTORS:
+                raise DataError(f"an ivfpq index needs at least {PQ_MIN_VECTORS} vectors to train its codebooks "
+                                f"(this collection has {n}); use --kind flat, ivf or hnsw")
             pq_m = pq_m or _pq_subquantizers(d)
             index = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, 8, ip)
             params["pq_m"] = pq_m

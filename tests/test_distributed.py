@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import PYTHON, ROOT, subprocess_env
-from tests.grads import ZERO_GRADIENT
+from tests.helpers.grads import ZERO_GRADIENT
 
 TINY = "{layers: 1, width: 32, heads: 2}"
 COMMON = [
@@ -75,7 +75,7 @@ def assert_same_run(got_dir, ref_dir, steps: list[int], final: int, noise_step: 
 def test_gathered_loss_and_gradients_match_single_process():
     """DDP and FSDP2, local (tiled) and global loss, CLIP and SigLIP, with or without gradient caching: mean loss
     over ranks and synchronised gradients equal one process on the whole batch."""
-    proc = run(torchrun(str(ROOT / "tests" / "dist_worker.py")))
+    proc = run(torchrun(str(ROOT / "tests" / "helpers" / "dist_worker.py")))
     assert "checks passed: 16" in proc.stdout
 
 
@@ -156,7 +156,7 @@ def test_torchrun_fsdp_evaluates_every_rank_together(tmp_path):
 def test_torchrun_ddp_with_a_mean_pooled_bert_tower(tmp_path):
     """BERT's pooler gets no gradient under mean pooling; DDP (no find_unused_parameters) would fail at step 2
     unless training freezes it first."""
-    from tests.hf_models import save_tower
+    from tests.helpers.hf_models import save_tower
 
     bert = save_tower("bert", tmp_path / "bert")
     proc = run(torchrun(*train_cmd(tmp_path, f"model.text_encoder=hf:{bert}", f"model.tokenizer=hf:{bert}",

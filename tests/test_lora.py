@@ -9,7 +9,7 @@ from contrastive.checkpoint import save_checkpoint
 from contrastive.config import ConfigError, config_to_dict, load_config
 from contrastive.factory import create_model, load
 from contrastive.lora import apply_lora, apply_lora_to_model, has_lora, merge_lora
-from tests.hf_models import save_tower
+from tests.helpers.hf_models import save_tower
 
 TOWERS = ["model.image_encoder_args={layers: 2}", "model.text_encoder_args={layers: 2}", "model.tokenizer=byte",
           "model.context_length=32"]

@@ -13,7 +13,7 @@ from contrastive.factory import create_model
 from contrastive.hf_tokenizer import HFTokenizer
 from contrastive.pretrained import resolve_model_config
 from tests.conftest import ROOT
-from tests.hf_models import TEXT, VISION, save_clip, save_tower
+from tests.helpers.hf_models import TEXT, VISION, save_clip, save_tower
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from contrastive.training.signals import GracefulStop, Interrupted
-from tests.crash_helpers import kill, launch, logged_steps, wait_for, write_in_progress
+from tests.helpers.crash import kill, launch, logged_steps, wait_for, write_in_progress
 
 
 def test_first_signal_only_requests_a_stop():

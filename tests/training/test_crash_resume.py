@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from contrastive.checkpoint import latest_checkpoint, load_state, load_weights
-from tests.crash_helpers import assert_resumed, kill, launch, logged_losses, logged_steps, wait_for, write_in_progress
+from tests.helpers.crash import assert_resumed, kill, launch, logged_losses, logged_steps, wait_for, write_in_progress
 
 MAX_STEPS = 60  # tiny steps take ~50 ms: enough of them that the kills land mid-run on a fast machine too
 # with a moving average of the weights updated every 3 steps: it is resumed from its checkpointed state too

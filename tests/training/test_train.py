@@ -11,14 +11,7 @@ import contrastive
 from contrastive.config import load_config
 from contrastive.train import train
 from tests.conftest import ROOT
-
-FAST = [
-    "model.image_encoder_args={layers: 2}",
-    "model.text_encoder_args={layers: 2}",
-    "data.num_workers=0",
-    "train.progress_bar=false",
-    "train.log_every_n_steps=1",
-]
+from tests.helpers.overrides import FAST
 
 
 def tiny_cfg(tmp_path, *overrides):

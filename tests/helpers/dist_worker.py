@@ -25,7 +25,7 @@ from contrastive.distributed import (
 from contrastive.factory import create_model
 from contrastive.losses.batch import global_batch_loss
 from contrastive.training.step import gradcache_backward
-from tests.grads import ZERO_GRADIENT, ZERO_GRADIENT_CLIP, assert_grads_close
+from tests.helpers.grads import ZERO_GRADIENT, ZERO_GRADIENT_CLIP, assert_grads_close
 
 TINY = {"layers": 1, "width": 32, "heads": 2}
 

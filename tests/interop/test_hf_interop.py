@@ -15,7 +15,7 @@ from contrastive.encoders import TextTransformer, VisionTransformer
 from contrastive.hf_export import export_hf
 from contrastive.train import train
 from tests.conftest import PYTHON, ROOT, subprocess_env
-from tests.hf_models import save_clip, save_dual_encoder, save_tower
+from tests.helpers.hf_models import save_clip, save_dual_encoder, save_tower
 
 CAPTIONS = ["a red heart on the right", "two small blue squares", "x"]  # within every context length used
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
+
 SHIPPED = ROOT / "data" / "shapes"
 
 _spec = importlib.util.spec_from_file_location("make_shapes", ROOT / "scripts" / "make_shapes.py")

@@ -19,7 +19,7 @@ from contrastive.model import ContrastiveModel
 from contrastive.onnx_export import IMAGE_FILE, SETTINGS_FILE, TEXT_FILE, OnnxEncoders, export_onnx, write_onnx
 from contrastive.train import train
 from tests.conftest import PYTHON, ROOT, subprocess_env
-from tests.hf_models import save_dual_encoder
+from tests.helpers.hf_models import save_dual_encoder
 
 CAPTIONS = ["a large green star at the bottom", "a red circle", "x", "two small blue squares on the left", "y z"]
 

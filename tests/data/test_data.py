@@ -34,7 +34,7 @@ from contrastive.data.shards import ShardStream, expand_shards
 from contrastive.tokenizer import build_tokenizer
 from contrastive.train import train
 from tests.conftest import PYTHON, ROOT, subprocess_env
-from tests.test_train import FAST
+from tests.helpers.overrides import FAST
 
 SHAPES = ROOT / "data/shapes"
 GOOD = [row[:2] for row in csv.reader((SHAPES / "train.csv").read_text().splitlines()[1:])]

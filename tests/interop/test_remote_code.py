@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from contrastive.config import ConfigError, load_config
 from contrastive.factory import create_model
 from tests.conftest import ROOT
-from tests.hf_models import byte_hf_tokenizer
+from tests.helpers.hf_models import byte_hf_tokenizer
 
 CONFIG_CODE = '''
 from transformers import PretrainedConfig

@@ -11,7 +11,7 @@ from contrastive.losses import LOSSES
 from contrastive.losses.batch import global_batch_loss
 from contrastive.training.step import gradcache_backward, split_batch
 from contrastive.model import ContrastiveModel
-from tests.grads import assert_grads_close
+from tests.helpers.grads import assert_grads_close
 
 TINY = {"layers": 1, "width": 32, "heads": 2}
 

@@ -158,7 +158,8 @@ def main() -> None:
     for n in [] if args.skip_index else args.sizes:
         table += bench_indexes(n, args.dim, args.kinds, args.hnsw_max, args.latency_queries)
     lines += [] if args.skip_index else table
-    lines += ["", f"`python scripts/bench_search.py` — {cpu_name()}, {os.cpu_count()} cores, load average "
+    command = " ".join(["python", "scripts/bench_search.py", *sys.argv[1:]])
+    lines += ["", f"`{command}` — {cpu_name()}, {os.cpu_count()} cores, load average "
                   f"{load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end; torch {torch.__version__}, "
                   f"faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads); latency: one query at a time "
                   f"({args.latency_queries} per index)"]

@@ -217,7 +217,7 @@ def tokenizer_command(argv: list[str]) -> int:
     from .data.sources import iter_captions
     from .tokenizer import train_bpe
 
-    captions = list(iter_captions(args.data, args.caption_key))
+    captions = list(iter_captions(args.data, args.caption_key, setting="--caption-key"))
     if not captions:
         raise DataError(f"--data {args.data} holds no usable caption (empty, or no text in '{args.caption_key}')")
     tok = train_bpe(captions, args.vocab_size, args.min_frequency)
@@ -325,24 +325,6 @@ def search_command(argv: list[str]) -> int:
     return 0
 
 
-@command("serve", "a local web page searching an embedded collection by text or image (FastAPI + uvicorn)")
-def serve_command(argv: list[str]) -> int:
-    parser = Parser(prog="contrastive serve", description="Serve a search page for an embedded collection.")
-    parser.add_argument("--index", required=True, help="folder written by contrastive embed (EMB)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int_at_least(0), default=8000, help="port (0: any free one, printed)")
-    parser.add_argument("--checkpoint", default=None, help="the model the collection was embedded with, if moved")
-    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
-    args = parser.parse_args(argv)
-    if args.port > 65535:
-        parser.error(f"argument --port: must be <= 65535, got {args.port}")
-    args.device = device_option(args.device)
-    from .search.serve import serve
-
-    serve(args.index, host=args.host, port=args.port, checkpoint=args.checkpoint, device=args.device)
-    return 0
-
-
 @command("wise-ft", "interpolate a start and a fine-tuned checkpoint in weight space (one alpha, or a sweep with a plot)")
 def wise_ft_command(argv: list[str]) -> int:
     parser = Parser(prog="contrastive wise-ft", description="WiSE-FT: (1 - alpha) * start + alpha * fine-tuned.")
@@ -388,6 +370,24 @@ def wise_ft_command(argv: list[str]) -> int:
                               {"start": args.start, "finetuned": args.finetuned, "weights": args.weights,
                                "target": args.eval_target, "reference": args.eval_reference})
     print(f"wrote {table} and {plot}")
+    return 0
+
+
+@command("serve", "a local web page searching an embedded collection by text or image (FastAPI + uvicorn)")
+def serve_command(argv: list[str]) -> int:
+    parser = Parser(prog="contrastive serve", description="Serve a search page for an embedded collection.")
+    parser.add_argument("--index", required=True, help="folder written by contrastive embed (EMB)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int_at_least(0), default=8000, help="port (0: any free one, printed)")
+    parser.add_argument("--checkpoint", default=None, help="the model the collection was embedded with, if moved")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
+    args = parser.parse_args(argv)
+    if args.port > 65535:
+        parser.error(f"argument --port: must be <= 65535, got {args.port}")
+    args.device = device_option(args.device)
+    from .search.serve import serve
+
+    serve(args.index, host=args.host, port=args.port, checkpoint=args.checkpoint, device=args.device)
     return 0
 
 

@@ -68,6 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work", default="", help="folder for the runs (default: a fresh one under /tmp)")
     p.add_argument("--output", default=str(ROOT / "docs/benchmarks.md"), help="markdown file ('' = none)")
     p.add_argument("--plot", default=str(ROOT / "docs/images/forgetting_icons.png"))
+    p.add_argument("--reuse", action="store_true",
+                   help="read runs of --work that finished --steps steps instead of training them again (after a stop)")
     return p.parse_args(argv)
 
 
@@ -103,13 +105,13 @@ def finetune(a, work: Path, start: Path, name: str, *overrides: str) -> dict:
     from contrastive.checkpoint import read_meta
 
     context = read_meta(start)["config"]["model"]["context_length"]
-    seconds = run(contrastive("train", "--config", "configs/finetune_icons.yaml", f"model.init_from={start}",
-                              f"model.tokenizer=bpe:{start / 'tokenizer.json'}", f"model.context_length={context}",
-                              f"data.train={Path(a.data) / 'train.csv'}", f"data.val={Path(a.data) / 'test.csv'}",
-                              f"train.max_steps={a.steps}", f"train.batch_size={a.batch_size}", f"optim.lr={a.lr}",
-                              f"train.output_dir={work}", f"train.run_name={name}",
-                              "train.overwrite=true", "train.progress_bar=false", "eval.every_n_steps=0", *overrides),
-                  work / f"{name}.log")
+    timing = work / f"{name}.seconds"
+    if a.reuse and finished(work / name, a.steps) and timing.is_file():
+        seconds = float(timing.read_text())
+        print(f"{name}: reused the finished run in {work / name}", flush=True)
+    else:
+        seconds = train_run(a, work, start, name, context, overrides)
+        timing.write_text(f"{seconds:.1f}\n")
     rows = [json.loads(line) for line in (work / name / "metrics.jsonl").read_text().splitlines() if line.strip()]
     first = next(r for r in rows if r["step"] == 0 and f"ref/{METRIC}" in r)
     last = json.loads((work / name / "summary.json").read_text())
@@ -118,6 +120,22 @@ def finetune(a, work: Path, start: Path, name: str, *overrides: str) -> dict:
         out["ema"] = scores(last, "val_ema", "ref_ema")
     print(f"{name}: {a.steps} steps in {seconds:.0f} s", flush=True)
     return out
+
+
+def finished(run_dir: Path, steps: int) -> bool:
+    """A run that wrote its summary after `steps` steps."""
+    summary = run_dir / "summary.json"
+    return summary.is_file() and json.loads(summary.read_text()).get("steps") == steps
+
+
+def train_run(a, work: Path, start: Path, name: str, context: int, overrides: tuple[str, ...]) -> float:
+    return run(contrastive("train", "--config", "configs/finetune_icons.yaml", f"model.init_from={start}",
+                              f"model.tokenizer=bpe:{start / 'tokenizer.json'}", f"model.context_length={context}",
+                              f"data.train={Path(a.data) / 'train.csv'}", f"data.val={Path(a.data) / 'test.csv'}",
+                              f"train.max_steps={a.steps}", f"train.batch_size={a.batch_size}", f"optim.lr={a.lr}",
+                              f"train.output_dir={work}", f"train.run_name={name}",
+                              "train.overwrite=true", "train.progress_bar=false", "eval.every_n_steps=0", *overrides),
+               work / f"{name}.log")
 
 
 def scores(row: dict, target: str, reference: str) -> dict:

@@ -17,6 +17,16 @@ def seed():
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models on shared cores: intra-op threads only contend, so a test module can ask for one thread
+    (`pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def repo_root() -> Path:
     return ROOT
 

@@ -15,12 +15,7 @@ TOWERS = ["model.image_encoder_args={layers: 2}", "model.text_encoder_args={laye
           "model.context_length=32"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread each (conftest)
 
 
 def lora_config(*overrides: str):

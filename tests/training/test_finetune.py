@@ -17,13 +17,7 @@ from contrastive.training.optim import build_optimizer, param_groups
 from tests.conftest import ROOT
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models: several threads only fight over the shared cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread each (conftest)
 
 
 def tiny_model(image="vit_tiny", **image_args) -> ContrastiveModel:

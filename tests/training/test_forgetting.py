@@ -23,12 +23,7 @@ SMALL = ["model.tokenizer=byte", "model.context_length=32", "model.image_encoder
          "train.precision=fp32"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread each (conftest)
 
 
 def table(tmp_path, name, first, rows):

@@ -16,13 +16,7 @@ from tests.helpers.grads import assert_grads_close
 TINY = {"layers": 1, "width": 32, "heads": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls on shared cores: threads only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread each (conftest)
 
 
 def tiny_model(bias: float | None = None) -> ContrastiveModel:

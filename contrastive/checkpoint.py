@@ -61,10 +61,15 @@ def _fsync_tree(path: Path) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call `write(binary file)` on a temporary file beside `path`, fsync it and rename it onto `path`."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -19,42 +19,18 @@ after the last of them.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..checkpoint import atomic_write
 from ..errors import DataError
 
 FORMAT_VERSION = 1
 MANIFEST, METADATA, SHARDS = "manifest.json", "metadata.parquet", "shards"
 DTYPES = {"float16": np.float16, "float32": np.float32}
 METADATA_COLUMNS = ("id", "row", "path", "caption", "shard", "offset")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call `write(file object)` on a temporary file beside `path`, fsync it and rename it onto `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -16,6 +16,7 @@ from contrastive.hf_export import export_hf
 from contrastive.train import train
 from tests.conftest import PYTHON, ROOT, subprocess_env
 from tests.helpers.hf_models import save_clip, save_dual_encoder, save_tower
+from tests.helpers.overrides import small_run
 
 CAPTIONS = ["a red heart on the right", "two small blue squares", "x"]  # within every context length used
 
@@ -41,14 +42,6 @@ def assert_same_embeddings(model, tokenizer, hf_dir, size=32, atol=1e-5):
     torch.testing.assert_close(model.encode_text(tokenizer(CAPTIONS)), theirs_txt, rtol=0, atol=atol)
     torch.testing.assert_close(model.logit_scale.exp(), hf.logit_scale.exp().reshape(()), rtol=0, atol=1e-6)
     return hf, processor
-
-
-def small_run(tmp_path, *overrides, name="run"):
-    cfg = load_config(ROOT / "configs/shapes_tiny.yaml", [
-        "model.image_encoder_args={layers: 1}", "model.text_encoder_args={layers: 1}", "model.image_size=32",
-        "model.embed_dim=16", "train.batch_size=8", "train.max_steps=1", "data.val=", "data.num_workers=0",
-        "train.progress_bar=false", f"train.output_dir={tmp_path}", f"train.run_name={name}", *overrides])
-    return train(cfg)
 
 
 @pytest.mark.parametrize("act", ["quick_gelu", "gelu"])

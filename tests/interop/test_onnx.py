@@ -17,19 +17,11 @@ from contrastive.cli import main
 from contrastive.config import load_config
 from contrastive.model import ContrastiveModel
 from contrastive.onnx_export import IMAGE_FILE, SETTINGS_FILE, TEXT_FILE, OnnxEncoders, export_onnx, write_onnx
-from contrastive.train import train
 from tests.conftest import PYTHON, ROOT, subprocess_env
 from tests.helpers.hf_models import save_dual_encoder
+from tests.helpers.overrides import small_run
 
 CAPTIONS = ["a large green star at the bottom", "a red circle", "x", "two small blue squares on the left", "y z"]
-
-
-def small_run(tmp_path, *overrides, name="run"):
-    cfg = load_config(ROOT / "configs/shapes_tiny.yaml", [
-        "model.image_encoder_args={layers: 1}", "model.text_encoder_args={layers: 1}", "model.image_size=32",
-        "model.embed_dim=16", "train.batch_size=8", "train.max_steps=1", "data.val=", "data.num_workers=0",
-        "train.progress_bar=false", f"train.output_dir={tmp_path}", f"train.run_name={name}", *overrides])
-    return train(cfg)
 
 
 @pytest.fixture(scope="module")

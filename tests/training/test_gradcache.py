@@ -46,6 +46,16 @@ def plain_backward(model, pixels, tokens, loss_fn, autocast=None):
     return loss.detach()
 
 
+
+def assert_gradcache_matches_plain(model, pixels, tokens, loss_fn, micro: int) -> None:
+    """Gradient caching in micro-batches of `micro` gives the full batch's loss and gradients."""
+    ref_loss = plain_backward(model, pixels, tokens, loss_fn)
+    ref = grads(model)
+    loss = gradcache_backward(model, pixels, tokens, loss_fn, micro)
+    got = grads(model)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    assert_grads_close(got, ref)
+
 @pytest.mark.parametrize("name", ["clip", "siglip"])
 @pytest.mark.parametrize("b,micro", [(8, 1), (8, 3), (8, 8), (13, 4), (13, 5)])
 def test_equals_full_batch_fp32(name, b, micro):
@@ -55,12 +65,7 @@ def test_equals_full_batch_fp32(name, b, micro):
     def loss_fn(i, t, s, bias):
         return LOSSES[name](i, t, s, bias)
 
-    ref_loss = plain_backward(model, pixels, tokens, loss_fn)
-    ref = grads(model)
-    loss = gradcache_backward(model, pixels, tokens, loss_fn, micro)
-    got = grads(model)
-    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
-    assert_grads_close(got, ref)
+    assert_gradcache_matches_plain(model, pixels, tokens, loss_fn, micro)
 
 
 def test_duplicate_aware_tiled_loss_through_the_trainer_loss():
@@ -73,12 +78,7 @@ def test_duplicate_aware_tiled_loss_through_the_trainer_loss():
     def loss_fn(i, t, s, bias):
         return global_batch_loss(i, t, s, bias, ids, ids, cfg, DistInfo())
 
-    ref_loss = plain_backward(model, pixels, tokens, loss_fn)
-    ref = grads(model)
-    loss = gradcache_backward(model, pixels, tokens, loss_fn, 4)
-    got = grads(model)
-    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
-    assert_grads_close(got, ref)
+    assert_gradcache_matches_plain(model, pixels, tokens, loss_fn, 4)
 
 
 def test_bf16_autocast_close_to_plain():

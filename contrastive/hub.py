@@ -103,14 +103,15 @@ class HubUnavailable(UserError, OSError):
     """A hub id that is not in the local cache while the hub cannot be used (the message is one line)."""
 
 
-def load_from_hub(load: Callable[[], T], name: str, remedy: str = FOLDER_REMEDY) -> T:
+def load_from_hub(load: Callable[[], T], name: str, remedy: str = FOLDER_REMEDY,
+                  misses: tuple[type[BaseException], ...] = (OSError,)) -> T:
     """`load()` of hub id `name` (a `from_pretrained` call): as is when the hub answers; else under `local_only()`,
-    raising HubUnavailable with the reason when the cache does not hold it."""
+    raising HubUnavailable with the reason when the cache does not hold it (`load` raised one of `misses`)."""
     reason = hub_offline_reason()
     if reason is None:
         return load()
     try:
         with local_only():
             return load()
-    except OSError:
+    except misses:
         raise HubUnavailable(f"{name}: {offline_hint(reason, remedy)}") from None

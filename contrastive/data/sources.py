@@ -278,17 +278,14 @@ def _load_hub_dataset(name: str, split: str):
     """A hub dataset by name; only from the local cache when the hub cannot be used (see `contrastive.hub`)."""
     import datasets
 
-    from ..hub import hub_offline_reason, local_only, offline_hint
+    from ..hub import HubUnavailable, load_from_hub
 
-    reason = hub_offline_reason()
-    if reason is None:
-        return datasets.load_dataset(name, split=split)
-    try:
-        with local_only():
-            return datasets.load_dataset(name, split=split)
-    except (OSError, ValueError) as e:  # not cached (datasets raises ConnectionError or FileNotFoundError)
-        raise DataError(f"hf://{name}: " + offline_hint(
-            reason, "save it with save_to_disk on a machine with network and give that folder")) from None
+    try:  # not cached: datasets raises ConnectionError, FileNotFoundError or ValueError
+        return load_from_hub(lambda: datasets.load_dataset(name, split=split), f"hf://{name}",
+                             "save it with save_to_disk on a machine with network and give that folder",
+                             misses=(OSError, ValueError))
+    except HubUnavailable as e:
+        raise DataError(str(e)) from None
 
 
 class HFSource:

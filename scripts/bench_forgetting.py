@@ -12,7 +12,8 @@ of `configs/finetune_icons.yaml` from that start (`model.init_from`, the start's
             average starts at the start's weights), reported as "EMA"
   locked    the image tower is locked (`finetune.image.lock=true`), the text tower and projections train
   LoRA      rank-`--lora-rank` adapters on both towers' attention projections (`finetune.*.lora.rank`)
-  WiSE-FT   `contrastive wise-ft --alphas ...` between the start and the full fine-tune
+  WiSE-FT   `contrastive wise-ft --alphas ...` between the start and the full fine-tune, and between the start
+            and the locked-image fine-tune (the interpolation then moves the text tower and projections only)
 
 Scores come from the runs themselves: the reference (the 400 held-out shapes, `eval.reference`) and the target (the
 679 Lucide icons of icons/test.csv, `data.val`) are evaluated at step 0 and at the end; WiSE-FT's from its sweep.
@@ -45,7 +46,8 @@ INTRO = """A model trained with the default recipe on the bundled shapes set (th
 benchmark (`../shared/bench/icons`, built with `python ../shared/bench/icons/prepare.py ../bench-data/icons`):
 2,000 Tabler icons captioned by name. Reference: the 400 held-out shapes (`eval.reference`); target: the 679 Lucide
 icons of the same names (`data.val`). Methods: full fine-tuning; the same run's EMA of the weights; the image tower
-locked; LoRA on both towers' attention projections; WiSE-FT between the start and the full fine-tune. "kept" is the
+locked; LoRA on both towers' attention projections; WiSE-FT between the start and the full fine-tune, and between
+the start and the locked-image fine-tune. "kept" is the
 reference t→i R@1 over the start's, "gain" the target t→i R@10 gained over the start's as a share of full
 fine-tuning's gain; the goal is one method with both at 90% or more. Scores are each run's own evaluations
 (`ref/...`, `val/...`, `val_ema/...`) and `contrastive wise-ft --alphas`.
@@ -142,11 +144,11 @@ def scores(row: dict, target: str, reference: str) -> dict:
     return {"target": {m: row[f"{target}/{m}"] for m in KEYS}, "reference": {m: row[f"{reference}/{m}"] for m in KEYS}}
 
 
-def wise_ft(a, work: Path, start: Path, finetuned: Path) -> list[dict]:
-    out = work / "wise_ft"
+def wise_ft(a, work: Path, start: Path, finetuned: Path, name: str = "wise_ft") -> list[dict]:
+    out = work / name
     run(contrastive("wise-ft", "--start", str(start), "--finetuned", str(finetuned), "--alphas", a.alphas,
                     "--eval-target", str(Path(a.data) / "test.csv"), "--eval-reference", "data/shapes/val.csv",
-                    "--output", str(out)), work / "wise_ft.log")
+                    "--output", str(out)), work / f"{name}.log")
     points = json.loads((out / "wise_ft.json").read_text())["points"]
     return [{"alpha": p["alpha"], "target": {m: p["target"][m] for m in KEYS},
              "reference": {m: p["reference"][m] for m in KEYS}} for p in points]
@@ -163,17 +165,18 @@ def judge(rows: dict[str, dict], start: dict) -> dict[str, dict]:
     return out
 
 
-def plot(judged: dict[str, dict], start: dict, curve: list[dict], path: Path) -> None:
+def plot(judged: dict[str, dict], start: dict, curves: dict[str, list[dict]], path: Path) -> None:
     from contrastive.plots import _figure
 
     fig = _figure(6.5, 5.0)
     ax = fig.add_subplot(1, 1, 1)
     pct = lambda r, s: 100 * r[s][GAIN if s == "target" else METRIC]  # noqa: E731
-    ax.plot([pct(p, "target") for p in curve], [pct(p, "reference") for p in curve], "-o", color="tab:blue",
-            label="WiSE-FT (start → full)", zorder=2)
-    for p in curve:
-        ax.annotate(f"α={p['alpha']:g}", (pct(p, "target"), pct(p, "reference")), textcoords="offset points",
-                    xytext=(5, 3), fontsize=7, color="tab:blue")
+    for (label, curve), color in zip(curves.items(), ("tab:blue", "tab:olive")):
+        ax.plot([pct(p, "target") for p in curve], [pct(p, "reference") for p in curve], "-o", color=color,
+                label=f"WiSE-FT (start → {label})", zorder=2, ms=4)
+        for p in curve:
+            ax.annotate(f"α={p['alpha']:g}", (pct(p, "target"), pct(p, "reference")), textcoords="offset points",
+                        xytext=(5, 3), fontsize=7, color=color)
     markers = {"full": ("s", "tab:red"), "EMA": ("D", "tab:orange"), "locked image": ("^", "tab:green"),
                "LoRA": ("v", "tab:purple")}
     for name, (marker, color) in markers.items():
@@ -249,16 +252,18 @@ def main(argv=None) -> None:
     curve = wise_ft(a, work, start, work / "full")
     print(json.dumps({"full": full, "wise_ft": curve}), flush=True)  # the figures so far, in case of a stop
     locked = finetune(a, work, start, "locked", "finetune.image.lock=true")
+    curve_locked = wise_ft(a, work, start, work / "locked", "wise_ft_locked")
     lora = finetune(a, work, start, "lora", f"finetune.image.lora.rank={a.lora_rank}",
                     f"finetune.text.lora.rank={a.lora_rank}", f"optim.lr={a.lora_lr}")
     begin = full["start"]
     rows = {"full": full["model"], "EMA": full["ema"], "locked image": locked["model"], "LoRA": lora["model"],
-            **{f"WiSE-FT α={p['alpha']:g}": p for p in curve if 0 < p["alpha"] < 1}}
+            **{f"WiSE-FT α={p['alpha']:g}": p for p in curve if 0 < p["alpha"] < 1},
+            **{f"WiSE-FT locked α={p['alpha']:g}": p for p in curve_locked if 0 < p["alpha"] < 1}}
     judged = judge(rows, begin)
     for name, r in judged.items():
         print(json.dumps({"method": name, **r}), flush=True)
     Path(a.plot).parent.mkdir(parents=True, exist_ok=True)
-    plot(judged, begin, curve, Path(a.plot))
+    plot(judged, begin, {"full": curve, "locked image": curve_locked}, Path(a.plot))
     seconds = {"full + EMA": full["seconds"], "locked": locked["seconds"], "LoRA": lora["seconds"]}
     text = markdown(a, judged, begin, seconds, os.path.relpath(a.plot, Path(a.output).parent if a.output else ROOT))
     print(text)

@@ -8,7 +8,6 @@ not after retries), WebDataset shards that are not tars, images over `data.max_i
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -104,12 +103,10 @@ def test_hub_ids_without_the_hub_fail_at_once(tmp_path, env):
              ("model.text_encoder=hf:nobody/nothing", "hf:nobody/nothing: it is not in the local cache"),
              ("model.tokenizer=hf:nobody/nothing", "not in the local cache")]
     for override, expected in cases:
-        start = time.monotonic()
         rc, err = train(tmp_path, override, env=env)
         reason = "HF_HUB_OFFLINE is set" if env.get("HF_HUB_OFFLINE") == "1" else "cannot reach http://127.0.0.1:9"
         assert_one_line(rc, err, "train", expected, reason)
-        assert "Retrying" not in err
-        assert time.monotonic() - start < 120  # (the retries alone took 30-60 s; start-up is a few seconds)
+        assert "Retrying" not in err  # huggingface_hub logs each retry (30-60 s of them before the probe)
         assert not (tmp_path / "runs" / "run").exists()
 
 

@@ -28,6 +28,24 @@ def recipe(tmp_path, *overrides):
                                 "train.run_name=run", *overrides])
 
 
+def packaged_weights() -> dict[str, torch.Tensor]:
+    """The installed all-MiniLM-L6-v2 weights, loaded by transformers itself (names as our tower's state dict)."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(str(minilm_dir()), dtype=torch.float32).state_dict()
+
+
+def assert_st_export_matches(model, tokenizer, out, captions) -> torch.Tensor:
+    """The exported sentence-transformers folder gives the model's text embeddings (to 1e-5); returns them."""
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(out / "text_sentence_transformers"), device="cpu")
+    with torch.no_grad():
+        ours = model.encode_text(tokenizer(captions))
+    torch.testing.assert_close(ours, st.encode(captions, convert_to_tensor=True), rtol=0, atol=1e-5)
+    return ours
+
+
 def test_hub_id_resolves_to_the_installed_copy():
     assert resolve_hf_path("sentence-transformers/all-MiniLM-L6-v2") == str(minilm_dir())
     assert (minilm_dir() / "model.safetensors").is_file()
@@ -41,7 +59,7 @@ def test_lit_recipe_trains_keeps_the_locked_tower_and_exports(tmp_path):
                        "finetune.text.unlocked_layers=-1"))
     model, _, tokenizer = contrastive.load(run)
     # the locked tower equals the packaged weights, bitwise (compared through transformers' own loading)
-    reference = AutoModel.from_pretrained(str(minilm_dir()), dtype=torch.float32).state_dict()
+    reference = packaged_weights()
     ours = model.text_encoder.model.state_dict()
     assert set(ours) == set(reference)
     for k, v in ours.items():
@@ -64,11 +82,8 @@ def test_lit_recipe_trains_keeps_the_locked_tower_and_exports(tmp_path):
     # the mean-pooled text side through sentence-transformers, as all-MiniLM-L6-v2 itself is used
     from sentence_transformers import SentenceTransformer
 
-    st = SentenceTransformer(str(out / "text_sentence_transformers"), device="cpu")
     captions = ["a small red circle at the top", "a large blue star on the left and a green square", "x"]
-    with torch.no_grad():
-        ours = model.encode_text(tokenizer(captions))
-    torch.testing.assert_close(ours, st.encode(captions, convert_to_tensor=True), rtol=0, atol=1e-5)
+    ours = assert_st_export_matches(model, tokenizer, out, captions)
     # the locked tower kept its pretrained mean-pooled sentence embeddings: the projection is all that was learned
     base = SentenceTransformer(str(minilm_dir()), device="cpu").encode(captions, convert_to_tensor=True).clone()
     with torch.no_grad():
@@ -77,30 +92,25 @@ def test_lit_recipe_trains_keeps_the_locked_tower_and_exports(tmp_path):
 
 
 def test_lit_recipe_trains_only_the_last_two_blocks_and_exports(tmp_path):
-    """The recipe as shipped: embeddings and blocks 0-3 stay the packaged weights bitwise, blocks 4-5 move, and the
-    exported sentence-transformers folder gives the trained model's text embeddings."""
-    from sentence_transformers import SentenceTransformer
-
+    """The recipe as shipped: embeddings, blocks 0-3 and the (unused, frozen) pooler stay the packaged weights
+    bitwise, blocks 4-5 move, and the exported sentence-transformers folder gives the trained model's text
+    embeddings."""
     run = train(recipe(tmp_path, "train.max_steps=2", "train.batch_size=8", "data.val=", "model.image_size=32",
                        "model.image_encoder_args={layers: 1}", "optim.warmup_steps=1"))
     model, _, tokenizer = contrastive.load(run)
-    reference = load_file(str(minilm_dir() / "model.safetensors"))
+    reference = packaged_weights()
     ours = model.text_encoder.model.state_dict()
-    kept = [k for k in ours if not k.startswith(("encoder.layer.4.", "encoder.layer.5.", "pooler."))]
-    moved = [k for k in ours if k.startswith(("encoder.layer.4.", "encoder.layer.5.")) and k.endswith(".weight")]
-    assert len(kept) > 50 and len(moved) == 16
-    packaged = lambda k: reference.get(k, reference.get("bert." + k))  # noqa: E731  (some copies keep the prefix)
-    for k in kept:
-        if packaged(k) is not None:
-            assert torch.equal(ours[k], packaged(k)), k
-    assert all(not torch.equal(ours[k], packaged(k)) for k in moved)
+    assert set(ours) == set(reference)
+    trained = ("encoder.layer.4.", "encoder.layer.5.")
+    moved = [k for k in ours if k.startswith(trained) and k.endswith(".weight")]
+    assert len(moved) == 16
+    for k, v in ours.items():
+        if not k.startswith(trained):
+            assert torch.equal(v, reference[k]), k
+    assert all(not torch.equal(ours[k], reference[k]) for k in moved)
     out = tmp_path / "export"
     export_hf(run, out)
-    st = SentenceTransformer(str(out / "text_sentence_transformers"), device="cpu")
-    captions = ["alarm plus", "arrow big down", "a small red circle at the top"]
-    with torch.no_grad():
-        mine = model.encode_text(tokenizer(captions))
-    torch.testing.assert_close(mine, st.encode(captions, convert_to_tensor=True), rtol=0, atol=1e-5)
+    assert_st_export_matches(model, tokenizer, out, ["alarm plus", "arrow big down", "a small red circle at the top"])
 
 
 @pytest.mark.slow

@@ -47,9 +47,9 @@ benchmark (`../shared/bench/icons`, built with `python ../shared/bench/icons/pre
 2,000 Tabler icons captioned by name. Reference: the 400 held-out shapes (`eval.reference`); target: the 679 Lucide
 icons of the same names (`data.val`). Methods: full fine-tuning; the same run's EMA of the weights; the image tower
 locked; LoRA on both towers' attention projections; WiSE-FT between the start and the full fine-tune, and between
-the start and the locked-image fine-tune. "kept" is the
-reference t→i R@1 over the start's, "gain" the target t→i R@10 gained over the start's as a share of full
-fine-tuning's gain; the goal is one method with both at 90% or more. Scores are each run's own evaluations
+the start and the locked-image fine-tune. "kept" is the reference t→i R@1 over the start's, "gain" the target t→i
+R@10 gained over the start's as a share of full fine-tuning's gain; the goal is one method with both at 90% or
+more. Scores are each run's own evaluations
 (`ref/...`, `val/...`, `val_ema/...`) and `contrastive wise-ft --alphas`.
 """
 

@@ -5,8 +5,9 @@ set, fine-tune it on the icons benchmark, and score what each remedy keeps of sh
     python scripts/bench_forgetting.py ../bench-data/icons --start runs/start     # reuse a trained start
 
 The icons data is built by `python ../shared/bench/icons/prepare.py ../bench-data/icons`. The start is trained with
-`configs/shapes_tiny.yaml` for `--start-steps` steps (or given with `--start`). Each remedy is one fine-tuning run
-of `configs/finetune_icons.yaml` from that start (`model.init_from`, the start's tokenizer and context):
+`configs/shapes_tiny.yaml` as it stands (300 steps; `--start-steps` shortens it) or given with `--start`. Each
+remedy is one fine-tuning run of `configs/finetune_icons.yaml` from that start (`model.init_from`, the start's
+tokenizer and context):
 
   full      every weight trains; the same run keeps an EMA of its weights (`train.ema_decay`, no warm-up: the
             average starts at the start's weights), reported as "EMA"
@@ -58,11 +59,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", help="icons benchmark folder with train.csv and test.csv")
     p.add_argument("--start", default="", help="a start run or checkpoint (default: train one with configs/shapes_tiny.yaml)")
-    p.add_argument("--start-steps", type=int, default=200, help="steps of the start's training")
+    p.add_argument("--start-steps", type=int, default=0, help="steps of the start's training (0: the recipe's own)")
     p.add_argument("--steps", type=int, default=600, help="steps of each fine-tuning run (about 10 epochs at batch 32; "
                    "full fine-tuning sits at chance loss for the first ~200)")
     p.add_argument("--batch-size", type=int, default=32, help="small: many updates for the CPU time")
-    p.add_argument("--lr", type=float, default=5e-4, help="learning rate of full fine-tuning and the locked tower")
+    p.add_argument("--lr", type=float, default=2e-4, help="learning rate of full fine-tuning and the locked tower "
+                   "(full fine-tuning's best target of 5e-5, 1e-4, 2e-4 and 5e-4, docs/benchmarks.md)")
     p.add_argument("--ema-decay", type=float, default=0.995, help="per step, without warm-up: after 300 steps the "
                    "start still weighs 0.995^300 = 22%% in the average, after 600 steps 5%%")
     p.add_argument("--lora-rank", type=int, default=8)
@@ -96,10 +98,11 @@ def start_checkpoint(a, work: Path) -> Path:
 
     if a.start:
         return resolve_checkpoint(a.start)
-    seconds = run(contrastive("train", "--config", "configs/shapes_tiny.yaml", f"train.max_steps={a.start_steps}",
-                              f"train.output_dir={work}", "train.run_name=start", "train.overwrite=true",
-                              "train.progress_bar=false"), work / "start.log")
-    print(f"start: {a.start_steps} steps in {seconds:.0f} s", flush=True)
+    steps = [f"train.max_steps={a.start_steps}"] if a.start_steps else []
+    seconds = run(contrastive("train", "--config", "configs/shapes_tiny.yaml", *steps, f"train.output_dir={work}",
+                              "train.run_name=start", "train.overwrite=true", "train.progress_bar=false"),
+                  work / "start.log")
+    print(f"start: trained in {seconds:.0f} s", flush=True)
     return resolve_checkpoint(work / "start")
 
 
@@ -175,7 +178,7 @@ def plot(judged: dict[str, dict], start: dict, curves: dict[str, list[dict]], pa
     for (label, curve), color in zip(curves.items(), ("tab:blue", "tab:olive")):
         ax.plot([pct(p, "target") for p in curve], [pct(p, "reference") for p in curve], "-o", color=color,
                 label=f"WiSE-FT (start → {label})", zorder=2, ms=4)
-        for p in curve:
+        for p in (p for p in curve if 0 < p["alpha"] < 1):  # the ends are the start and the fine-tune's marker
             ax.annotate(f"α={p['alpha']:g}", (pct(p, "target"), pct(p, "reference")), textcoords="offset points",
                         xytext=(5, 3), fontsize=7, color=color)
     markers = {"full": ("s", "tab:red"), "EMA": ("D", "tab:orange"), "locked image": ("^", "tab:green"),

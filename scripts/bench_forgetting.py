@@ -158,6 +158,11 @@ def wise_ft(a, work: Path, start: Path, finetuned: Path, name: str = "wise_ft") 
              "reference": {m: p["reference"][m] for m in KEYS}} for p in points]
 
 
+def interior(curve: list[dict]) -> list[dict]:
+    """The sweep's points strictly between its ends: α = 0 and 1 are the start and the fine-tune themselves."""
+    return [p for p in curve if 0 < p["alpha"] < 1]
+
+
 def judge(rows: dict[str, dict], start: dict) -> dict[str, dict]:
     """kept (reference R@1 / the start's) and gain (target R@10 gained / full fine-tuning's gain) per method."""
     gain_full = rows["full"]["target"][GAIN] - start["target"][GAIN]
@@ -178,7 +183,7 @@ def plot(judged: dict[str, dict], start: dict, curves: dict[str, list[dict]], pa
     for (label, curve), color in zip(curves.items(), ("tab:blue", "tab:olive")):
         ax.plot([pct(p, "target") for p in curve], [pct(p, "reference") for p in curve], "-o", color=color,
                 label=f"WiSE-FT (start → {label})", zorder=2, ms=4)
-        for p in (p for p in curve if 0 < p["alpha"] < 1):  # the ends are the start and the fine-tune's marker
+        for p in interior(curve):
             ax.annotate(f"α={p['alpha']:g}", (pct(p, "target"), pct(p, "reference")), textcoords="offset points",
                         xytext=(5, 3), fontsize=7, color=color)
     markers = {"full": ("s", "tab:red"), "EMA": ("D", "tab:orange"), "locked image": ("^", "tab:green"),
@@ -261,8 +266,8 @@ def main(argv=None) -> None:
                     f"finetune.text.lora.rank={a.lora_rank}", f"optim.lr={a.lora_lr}")
     begin = full["start"]
     rows = {"full": full["model"], "EMA": full["ema"], "locked image": locked["model"], "LoRA": lora["model"],
-            **{f"WiSE-FT α={p['alpha']:g}": p for p in curve if 0 < p["alpha"] < 1},
-            **{f"WiSE-FT locked α={p['alpha']:g}": p for p in curve_locked if 0 < p["alpha"] < 1}}
+            **{f"WiSE-FT α={p['alpha']:g}": p for p in interior(curve)},
+            **{f"WiSE-FT locked α={p['alpha']:g}": p for p in interior(curve_locked)}}
     judged = judge(rows, begin)
     for name, r in judged.items():
         print(json.dumps({"method": name, **r}), flush=True)

@@ -69,9 +69,10 @@ def train_command(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=5e-4 train.max_steps=200")
     args = parser.parse_args(argv)
     from .config import load_config
-    from .train import train
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)  # key and value errors: before torch is imported
+    from .training.recipe import train
+
     train(cfg)
     return 0
 
@@ -86,7 +87,11 @@ def config_command(argv: list[str]) -> int:
 
     from .config import config_to_dict, load_config
 
-    print(yaml.safe_dump(config_to_dict(load_config(args.config, args.overrides)), sort_keys=False), end="")
+    cfg = load_config(args.config, args.overrides)  # key and value errors: before torch is imported
+    from .model import check_encoder_settings
+
+    check_encoder_settings(cfg.model)
+    print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
     return 0
 
 
@@ -107,9 +112,9 @@ def rank_command(argv: list[str]) -> int:
     import json
 
     from .errors import ConfigError
-    from .evaluate import read_lines
-    from .factory import load
-    from .rank import format_rankings, rankings_from_scores, rankings_to_json, score_captions
+    from .data.eval_table import read_lines
+    from .interop.loading import load
+    from .evaluation.rank import format_rankings, rankings_from_scores, rankings_to_json, score_captions
 
     captions = args.captions if args.captions else read_lines(args.captions_file)
     if empty := [i for i, c in enumerate(captions, 1) if not c.strip()]:  # training skips these as bad samples
@@ -119,7 +124,7 @@ def rank_command(argv: list[str]) -> int:
     rankings = rankings_from_scores(args.image, captions, scores, args.top_k)
     print(json.dumps(rankings_to_json(rankings), indent=1) if args.json else format_rankings(rankings))
     if args.plot:
-        from .plots import plot_caption_heatmap
+        from .evaluation.plots import plot_caption_heatmap
 
         plot_caption_heatmap(args.image, captions, scores["probability"], args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
@@ -148,7 +153,7 @@ def eval_command(argv: list[str]) -> int:
     import json
     from pathlib import Path
 
-    from .evaluate import evaluate_dataset
+    from .evaluation.evaluate import evaluate_dataset
 
     result = evaluate_dataset(args.checkpoint, args.data, args.task, image_key=args.image_key,
                               caption_key=args.caption_key, class_key=args.class_key, classes_file=args.classes,
@@ -168,7 +173,7 @@ def plot_command(argv: list[str]) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("--output", default=None, help="folder for the PNGs (default: RUN_DIR/plots)")
     args = parser.parse_args(argv)
-    from .plots import plot_run
+    from .evaluation.plots import plot_run
 
     for path in plot_run(args.run_dir, args.output):
         print(path)
@@ -189,8 +194,8 @@ def export_command(argv: list[str]) -> int:
     parser.add_argument("--weights", default="model", choices=["model", "ema"],
                         help="the trained weights, or their moving average (runs with train.ema_decay)")
     args = parser.parse_args(argv)
-    from .hf_export import export_hf, export_summary
-    from .onnx_export import export_onnx
+    from .interop.hf_export import export_hf, export_summary
+    from .interop.onnx_export import export_onnx
 
     export = export_onnx if args.format == "onnx" else export_hf
     diffs = export(args.checkpoint, args.output, verify=not args.no_verify, overwrite=args.overwrite,
@@ -213,9 +218,9 @@ def tokenizer_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from pathlib import Path
 
-    from .data import DataError
+    from .errors import DataError
     from .data.sources import iter_captions
-    from .tokenizer import train_bpe
+    from .text.tokenizer import train_bpe
 
     captions = list(iter_captions(args.data, args.caption_key, setting="--caption-key"))
     if not captions:
@@ -255,7 +260,7 @@ def embed_command(argv: list[str]) -> int:
     from .search.embed import embed_collection, summary_line, torch_encoder
 
     if args.onnx:  # the torch model stays the collection's model: it checks the ONNX files and embeds queries later
-        from .onnx_export import with_onnx
+        from .interop.onnx_export import with_onnx
 
         encoder = with_onnx(torch_encoder(args.checkpoint, device="cpu", precision="fp32"), args.onnx)
     else:
@@ -344,8 +349,8 @@ def wise_ft_command(argv: list[str]) -> int:
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     args.device = device_option(args.device)
-    from .config import ConfigError
-    from .wise_ft import check_alpha, parse_alphas, wise_ft
+    from .errors import ConfigError
+    from .training.wise_ft import check_alpha, parse_alphas, wise_ft
 
     if args.alpha is not None:
         check_alpha(args.alpha)
@@ -355,8 +360,8 @@ def wise_ft_command(argv: list[str]) -> int:
     alphas = parse_alphas(args.alphas)
     if not (args.eval_target and args.eval_reference):
         raise ConfigError("--alphas needs --eval-target and --eval-reference (the tables each alpha is scored on)")
-    from .evaluate import read_eval_table
-    from .wise_ft import headline, sweep, write_sweep
+    from .data.eval_table import read_eval_table
+    from .training.wise_ft import headline, sweep, write_sweep
 
     target = read_eval_table(args.eval_target, args.target_task, class_key=args.class_key)
     reference = read_eval_table(args.eval_reference, args.reference_task, class_key=args.class_key)

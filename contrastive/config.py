@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 
 
-from .errors import ConfigError, error_line  # noqa: F401  (error_line: importable from here as before)
+from .errors import ConfigError, error_line
 
 
 @dataclass
@@ -513,31 +513,6 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-# keys that moved to another section; the old spelling is still read (YAML files, overrides, saved runs)
-MOVED_KEYS = {"train.fused_qkv": "model.fused_qkv", "train.pooled_last_block": "model.pooled_last_block"}
-
-
-def _moved_key(key: str) -> str:
-    return MOVED_KEYS.get(key, key)
-
-
-def _move_old_keys(values: dict[str, Any]) -> dict[str, Any]:
-    """`values` (a config as nested dicts) with the keys of MOVED_KEYS under their new names."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
-    for old, new in MOVED_KEYS.items():
-        (old_section, old_name), (new_section, new_name) = old.split("."), new.split(".")
-        section = out.get(old_section)
-        if not isinstance(section, dict) or old_name not in section:
-            continue
-        target = out.setdefault(new_section, {})
-        if not isinstance(target, dict):
-            continue  # reported by the cast of the section
-        if new_name in target:
-            raise ConfigError(f"config key '{old}' is the old name of '{new}'; give only '{new}'")
-        target[new_name] = section.pop(old_name)
-    return out
-
-
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = tree
@@ -559,7 +534,6 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         key = key.strip().lstrip("-")
         if not key:
             raise ConfigError(f"override '{item}' has an empty key")
-        key = _moved_key(key)
         _check_key(key)
         _set_dotted(tree, key, value)
     return tree
@@ -594,7 +568,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def config_from_dict(values: dict[str, Any]) -> Config:
     if not isinstance(values, dict):
         raise ConfigError("a config must be a mapping of sections (model, loss, data, optim, train, eval)")
-    return _build(Config, _move_old_keys(values))
+    return _build(Config, values)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -614,7 +588,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path} must hold a mapping of sections (model, loss, data, optim, train, eval)")
-        values = _move_old_keys(loaded)
+        values = loaded
         values.setdefault("name", path.stem)
     values = _merge(values, parse_overrides(overrides or []))
     return config_from_dict(values)

@@ -31,9 +31,8 @@ from typing import Iterator
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import speedbench as B  # noqa: E402  (scripts/, beside this file)
+from scripts import speedbench as B
 
 CPU_VARIANTS = "plain,+foreach_adamw,+fused_adamw,+fused_qkv,+pooled_last_block,+trim_padding,default,default+sync"
 CUDA_VARIANTS = "plain,+fused_adamw,+fused_qkv,+pooled_last_block,+trim_padding,default,default+sync,default+compile"

@@ -31,10 +31,9 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package, when run as a script
 
 from contrastive.data import Collate, ImageTextDataset, ImageTransform, ResumableBatchSampler, TableSource  # noqa: E402
-from contrastive.tokenizer import build_tokenizer  # noqa: E402
+from contrastive.text.tokenizer import build_tokenizer
 
 
 def make_images(folder: Path, n: int, width: int, height: int, seed: int = 0) -> Path:

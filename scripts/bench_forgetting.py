@@ -37,7 +37,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 METRIC, OTHER = "image_retrieval_recall@1", "text_retrieval_recall@1"  # t->i R@1 (headline), i->t R@1
 # the target's gain is counted at t->i R@10: after a few epochs the target's R@1 is a handful of the 679 icons
 GAIN = "image_retrieval_recall@10"
@@ -94,7 +93,7 @@ def contrastive(*args: str) -> list[str]:
 
 
 def start_checkpoint(a, work: Path) -> Path:
-    from contrastive.factory import resolve_checkpoint
+    from contrastive.interop.checkpoint import resolve_checkpoint
 
     if a.start:
         return resolve_checkpoint(a.start)
@@ -108,7 +107,7 @@ def start_checkpoint(a, work: Path) -> Path:
 
 def finetune(a, work: Path, start: Path, name: str, *overrides: str) -> dict:
     """One fine-tuning run; {weights: {"reference": metrics, "target": metrics}} at step 0 and the end."""
-    from contrastive.checkpoint import read_meta
+    from contrastive.interop.checkpoint import read_meta
 
     context = read_meta(start)["config"]["model"]["context_length"]
     timing = work / f"{name}.seconds"
@@ -175,7 +174,7 @@ def judge(rows: dict[str, dict], start: dict) -> dict[str, dict]:
 
 
 def plot(judged: dict[str, dict], start: dict, curves: dict[str, list[dict]], path: Path) -> None:
-    from contrastive.plots import _figure
+    from contrastive.evaluation.plots import _figure
 
     fig = _figure(6.5, 5.0)
     ax = fig.add_subplot(1, 1, 1)
@@ -207,8 +206,7 @@ def plot(judged: dict[str, dict], start: dict, curves: dict[str, list[dict]], pa
 
 
 def markdown(a, judged: dict[str, dict], start: dict, seconds: dict[str, float], image: str) -> str:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from speedbench import machine_description  # scripts/, beside this file
+    from scripts.speedbench import machine_description
 
     import torch
 

@@ -26,7 +26,7 @@ def one(args: argparse.Namespace) -> dict:
 
     from contrastive.config import Config, load_config
     from contrastive.distributed import DistInfo
-    from contrastive.factory import create_model
+    from contrastive.model import create_model
     from contrastive.losses.batch import BatchLoss
     from contrastive.training.optim import build_optimizer, param_groups
     from contrastive.training.setup import resolve_device

@@ -26,13 +26,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def default_model():
     """The default recipe's model, untrained (throughput does not depend on the weights), byte tokenizer."""
     from contrastive.config import load_config
-    from contrastive.factory import create_model
+    from contrastive.model import create_model
 
     cfg = load_config(ROOT / "configs/shapes_tiny.yaml", ["model.tokenizer=byte"]).model
     model, tokenizer = create_model(cfg)

@@ -10,7 +10,7 @@ i's image). Both contenders train on train.csv for the same epochs (the toolkit:
 both) at the tiny budget: ViT 64 px / patch 8, width 192, 4+4 layers, embed 128, batch 128, fp32, 2 loader workers.
 The peer is OpenCLIP's own training entry point with its pretrained 49,408-token BPE at context 32, AdamW wd 0.1 and
 30 warm-up steps (`pip install -e .[bench]`). Each saves weights every `--curve-every` epochs; afterwards every
-saved model is scored with the same code (`contrastive.metrics.retrieval_metrics`): text->image and image->text
+saved model is scored with the same code (`contrastive.evaluation.metrics.retrieval_metrics`): text->image and image->text
 R@1/5/10 on both splits, every row a candidate. The wall time of a saved model is its file's time since its process
 started, so the curve (held-out text->image R@1 against seconds, a PNG) also gives each contender's score at the
 other's wall-clock budget. Results: a JSON line per contender and seed, a markdown table appended to
@@ -35,9 +35,8 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from contrastive.metrics import retrieval_metrics  # noqa: E402
+from contrastive.evaluation.metrics import retrieval_metrics
 
 PEER_MODEL = {"embed_dim": 128,
               "vision_cfg": {"image_size": 64, "layers": 4, "width": 192, "head_width": 64, "patch_size": 8},
@@ -225,7 +224,7 @@ def plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
 
 
 def machine() -> str:
-    from speedbench import machine_description  # scripts/, beside this file
+    from scripts.speedbench import machine_description
 
     return machine_description(torch.device("cpu"))
 

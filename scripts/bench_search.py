@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 
 def cpu_name() -> str:
@@ -41,7 +40,7 @@ def cpu_name() -> str:
 
 def default_encoder():
     from contrastive.config import load_config
-    from contrastive.factory import create_model_and_transforms
+    from contrastive.interop.loading import create_model_and_transforms
     from contrastive.search import model_encoder
 
     cfg = load_config(ROOT / "configs/shapes_tiny.yaml", ["model.tokenizer=byte", "model.context_length=32"])

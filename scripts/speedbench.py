@@ -228,7 +228,7 @@ def synthetic_batch(spec: BenchSpec, device: torch.device, seed: int = 0,
     `trim_length` is the width `data.trim_padding` cuts the batch to; toolkit contenders with that switch use it,
     OpenCLIP (whose tokenizer always pads to the context) gets the padded tokens.
     """
-    from contrastive.data.loader import padded_length
+    from contrastive.data.samples import padded_length
 
     g = torch.Generator().manual_seed(seed)
     B, T = spec.batch_size, spec.context_length
@@ -255,8 +255,8 @@ def loader_batches(data: str, spec: BenchSpec, device: torch.device, num_workers
     padded to the context as OpenCLIP's are; `trim_length` tells toolkit contenders where their loader would cut."""
     from contrastive.config import DataConfig, ModelConfig
     from contrastive.data import TrainData
-    from contrastive.data.loader import padded_length
-    from contrastive.tokenizer import build_tokenizer
+    from contrastive.data.samples import padded_length
+    from contrastive.text.tokenizer import build_tokenizer
     from contrastive.data.prefetch import device_batches
 
     if spec.vocab_size < 259:
@@ -303,7 +303,7 @@ def openclip_batches(data: str, spec: BenchSpec, device: torch.device, num_worke
     from open_clip_train.data import CsvDataset
     from torch.utils.data import DataLoader
 
-    from contrastive.tokenizer import build_tokenizer
+    from contrastive.text.tokenizer import build_tokenizer
 
     dataset = CsvDataset(openclip_table(data, folder), image_transform(spec.image_size, is_train=True),
                          img_key="filepath", caption_key="title", sep="\t",

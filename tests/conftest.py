@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.helpers.towers import towers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +47,7 @@ PYTHON = sys.executable
 # ----------------------------------------------------------------------------------------------------------------------
 # trained models shared by the evaluation, ranking and plotting tests (trained once per session)
 
-TINY_TOWERS = ["model.image_encoder_args={layers: 2}", "model.text_encoder_args={layers: 2}", "data.num_workers=0"]
+TINY_TOWERS = [*towers(2), "data.num_workers=0"]
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +59,7 @@ def tiny_run(tmp_path_factory) -> Path:
     import io
 
     from contrastive.config import load_config
-    from contrastive.train import train
+    from contrastive.training.recipe import train
 
     out = tmp_path_factory.mktemp("tiny_run")
     # the first 64 held-out images (absolute paths) keep the two evaluations cheap
@@ -81,7 +82,7 @@ def tiny_run(tmp_path_factory) -> Path:
 def trained_run(tmp_path_factory) -> Path:
     """A 2+2-layer model trained long enough on the bundled shapes to rank held-out captions far above chance."""
     from contrastive.config import load_config
-    from contrastive.train import train
+    from contrastive.training.recipe import train
 
     out = tmp_path_factory.mktemp("trained_run")
     cfg = load_config(ROOT / "configs/shapes_tiny.yaml", [

@@ -1,13 +1,10 @@
 """scripts/bench_forgetting.py: what "kept" and "gain" mean, and that a new table replaces the section's text only."""
 
-import sys
 
 import pytest
 
-from tests.conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "scripts"))
-import bench_forgetting as bf  # noqa: E402
+from scripts import bench_forgetting as bf
 
 
 def scores(reference: float, target: float) -> dict:

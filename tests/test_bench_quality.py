@@ -1,15 +1,12 @@
 """scripts/bench_quality.py: its recall against a naive count, its markdown and curve helpers, and one real run."""
 
 import json
-import sys
 
 import torch
 from PIL import Image
 
-from tests.conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "scripts"))
-import bench_quality as bq  # noqa: E402
+from scripts import bench_quality as bq
 
 
 def test_recall_matches_a_naive_count():

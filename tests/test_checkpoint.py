@@ -9,10 +9,9 @@ import pytest
 import torch
 
 import contrastive
-from contrastive import checkpoint as ckpt_mod
-from contrastive.checkpoint import (
-    CheckpointError,
-    CheckpointWriteError,
+from contrastive.interop import checkpoint as ckpt_mod
+from contrastive.errors import CheckpointError, CheckpointWriteError
+from contrastive.interop.checkpoint import (
     latest_checkpoint,
     load_state,
     load_weights,
@@ -23,12 +22,11 @@ from contrastive.checkpoint import (
 )
 from contrastive.cli import main
 from contrastive.config import load_config
-from contrastive.train import train
+from contrastive.training.recipe import train
 from tests.conftest import ROOT
+from tests.helpers.towers import QUIET, TINY
 
-FAST = ["model.image_encoder_args={layers: 1, width: 32, heads: 2}",
-        "model.text_encoder_args={layers: 1, width: 32, heads: 2}", "model.embed_dim=16",
-        "data.num_workers=0", "train.progress_bar=false", "data.val=", "train.batch_size=16"]
+FAST = [*TINY, *QUIET, "data.val=", "train.batch_size=16"]
 
 
 def write(directory: Path, model: torch.nn.Module, step: int) -> Path:

@@ -4,9 +4,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from contrastive.config import (Config, ConfigError, DataConfig, EvalConfig, FinetuneConfig, LoraConfig, LossConfig,
-                                ModelConfig, OptimConfig, ReferenceConfig, TowerTrainConfig, TrainConfig, config_to_dict,
-                                load_config, save_config, validate)
+from contrastive.config import (
+    Config,
+    DataConfig,
+    EvalConfig,
+    FinetuneConfig,
+    LoraConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    ReferenceConfig,
+    TowerTrainConfig,
+    TrainConfig,
+    config_to_dict,
+    load_config,
+    save_config,
+    validate,
+)
+from contrastive.errors import ConfigError
 from tests.conftest import PYTHON, ROOT, subprocess_env
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -153,12 +168,3 @@ def test_a_section_changed_after_it_was_made_is_checked_with_the_config():
     cfg.train.keep_checkpoints = 0
     with pytest.raises(ConfigError, match="train.keep_checkpoints must be > 0"):
         validate(cfg)
-
-
-def test_speed_switches_moved_to_the_model_section_and_the_old_keys_still_read(tmp_path):
-    p = tmp_path / "old.yaml"
-    p.write_text(yaml.safe_dump({"train": {"fused_qkv": False, "pooled_last_block": False, "epochs": 1}}))
-    cfg = load_config(p)
-    assert (cfg.model.fused_qkv, cfg.model.pooled_last_block, cfg.train.epochs) == (False, False, 1)
-    assert load_config(p, ["model.fused_qkv=true"]).model.fused_qkv is True  # the override wins
-    assert "fused_qkv" not in config_to_dict(cfg)["train"]

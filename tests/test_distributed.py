@@ -1,6 +1,5 @@
 """Real multi-process runs (`torchrun --nproc_per_node=2`, gloo on CPU) against one process with the same global batch."""
 
-import json
 import shutil
 import socket
 import subprocess
@@ -11,6 +10,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import PYTHON, ROOT, subprocess_env
 from tests.helpers.grads import ZERO_GRADIENT
+from contrastive.evaluation.plots import read_metrics
 
 TINY = "{layers: 1, width: 32, heads: 2}"
 COMMON = [
@@ -46,8 +46,7 @@ def train_cmd(out, *overrides: str) -> list[str]:
 
 
 def metrics(run_dir) -> dict[int, dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return {m["step"]: m for m in map(json.loads, lines) if "loss" in m}
+    return {m["step"]: m for m in read_metrics(run_dir) if "loss" in m}
 
 
 def weights(run_dir, step: int) -> dict[str, torch.Tensor]:
@@ -146,8 +145,7 @@ def test_torchrun_fsdp_evaluates_every_rank_together(tmp_path):
     proc = run(torchrun(*train_cmd(tmp_path, "train.fsdp=true", "train.max_steps=2", f"data.val={val}",
                                    "eval.every_n_steps=1")))
     assert "failed" not in proc.stdout
-    evals = [m for m in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
-             if "val/text_retrieval_recall@1" in m]
+    evals = [m for m in read_metrics(tmp_path / "run") if "val/text_retrieval_recall@1" in m]
     assert [m["step"] for m in evals] == [1, 2]
     assert all(0.0 <= m["val/text_retrieval_recall@1"] <= 1.0 for m in evals)
 
@@ -166,7 +164,8 @@ def test_torchrun_ddp_with_a_mean_pooled_bert_tower(tmp_path):
 
 
 def test_fsdp_with_fp16_is_refused():
-    from contrastive.config import ConfigError, load_config
+    from contrastive.errors import ConfigError
+    from contrastive.config import load_config
 
     with pytest.raises(ConfigError, match="train.fsdp"):
         load_config(None, ["train.fsdp=true", "train.precision=fp16"])

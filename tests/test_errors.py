@@ -9,8 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contrastive.cli import main
-from contrastive.config import Config, ConfigError, _all_keys, config_from_dict
-from contrastive.data import DataError, read_records
+from contrastive.config import Config, _all_keys, config_from_dict
+from contrastive.errors import ConfigError, DataError
+from contrastive.data import read_records
 from tests.conftest import ROOT
 
 CONFIG = str(ROOT / "configs/shapes_tiny.yaml")

@@ -9,17 +9,13 @@ import torch.nn.functional as F
 from contrastive.cli import main
 from contrastive.config import ModelConfig
 from contrastive.data import Record, build_transform, read_records
-from contrastive.evaluate import (
-    caption_ranking_accuracy,
-    embed_images,
-    embed_texts,
-    eval_postfix,
-    evaluate_records,
-    label_indices,
-    zero_shot_evaluate,
-)
-from contrastive.factory import create_model
+from contrastive.evaluation.evaluate import caption_ranking_accuracy, evaluate_records, zero_shot_evaluate
+from contrastive.evaluation.embedding import embed_images, embed_texts
+from contrastive.training.logging import eval_postfix
+from contrastive.data.eval_table import label_indices
+from contrastive.model import create_model
 from tests.conftest import ROOT
+from contrastive.evaluation.plots import read_metrics
 
 SHAPES = ROOT / "data/shapes"
 METRIC_KEYS = {f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10)}
@@ -76,7 +72,7 @@ def test_zero_shot_matches_brute_force(random_model):
 
 def test_labels_may_be_names_or_indices_and_unknown_ones_are_refused():
     assert label_indices(["b", "0", "c"], ["a", "b", "c"]).tolist() == [1, 0, 2]
-    from contrastive.data import DataError
+    from contrastive.errors import DataError
 
     with pytest.raises(DataError, match="'z'"):
         label_indices(["z"], ["a", "b"])
@@ -110,7 +106,7 @@ def test_eval_tasks_and_unknown_class_column(random_model):
     records = read_records(str(SHAPES / "val.csv"), "image", "caption")[:6]
     only_zs = evaluate_records(model, records, preprocess, tokenizer, tasks=["zeroshot"], class_key="color")
     assert set(only_zs) == {"acc1", "mean_per_class_recall"} | ({"acc5"} if len({r.fields["color"] for r in records}) >= 5 else set())
-    from contrastive.data import DataError
+    from contrastive.errors import DataError
 
     with pytest.raises(DataError, match="no class column 'kind'"):
         evaluate_records(model, [Record(r.image, r.captions, {}) for r in records], preprocess, tokenizer,
@@ -158,7 +154,7 @@ def test_eval_cli_retrieval_json_multi_caption(tiny_run, tmp_path, capsys):
 
 
 def test_training_logs_retrieval_and_zero_shot_eval(tiny_run):
-    rows = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(tiny_run)
     evals = [r for r in rows if "val/acc1" in r]
     assert [r["step"] for r in evals] == [1, 2]
     assert {"val/text_retrieval_recall@1", "val/acc5", "val/mean_per_class_recall"} <= set(evals[-1])
@@ -180,8 +176,8 @@ def test_eval_postfix_names():
 
 def test_zero_shot_config_without_class_column_is_refused(tmp_path):
     from contrastive.config import load_config
-    from contrastive.data import DataError
-    from contrastive.train import train
+    from contrastive.errors import DataError
+    from contrastive.training.recipe import train
 
     cfg = load_config(ROOT / "configs/shapes_tiny.yaml", [f"train.output_dir={tmp_path}", "train.max_steps=1",
                                                          "eval.tasks=[zeroshot]", "eval.zeroshot_class_key=kind"])

@@ -5,14 +5,16 @@ import pytest
 import torch
 from torch import nn
 
-from contrastive.checkpoint import save_checkpoint
-from contrastive.config import ConfigError, config_to_dict, load_config
-from contrastive.factory import create_model, load
-from contrastive.lora import apply_lora, apply_lora_to_model, has_lora, merge_lora
+from contrastive.interop.checkpoint import save_checkpoint
+from contrastive.errors import ConfigError
+from contrastive.config import config_to_dict, load_config
+from contrastive.model import create_model
+from contrastive.interop.loading import load
+from contrastive.encoders.lora import apply_lora, apply_lora_to_model, has_lora, merge_lora
 from tests.helpers.hf_models import save_tower
+from tests.helpers.towers import BYTE_TEXT, towers
 
-TOWERS = ["model.image_encoder_args={layers: 2}", "model.text_encoder_args={layers: 2}", "model.tokenizer=byte",
-          "model.context_length=32"]
+TOWERS = [*towers(2), *BYTE_TEXT]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread each (conftest)
@@ -130,7 +132,7 @@ def test_load_rebuilds_adapters(tmp_path):
 def test_export_merges_into_weights_transformers_loads(tmp_path):
     from transformers import AutoModel, AutoProcessor
 
-    from contrastive.hf_export import compare_embeddings, export_hf
+    from contrastive.interop.hf_export import compare_embeddings, export_hf
 
     ckpt, model, tokenizer = lora_checkpoint(tmp_path, "finetune.image.lora.rank=2", "finetune.text.lora.rank=2")
     export_hf(ckpt, tmp_path / "hf")

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from contrastive.metrics import (
+from contrastive.evaluation.metrics import (
     DEFAULT_TEMPLATES,
     cosine_logits,
     rank_probabilities,

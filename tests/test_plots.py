@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from contrastive.cli import main
-from contrastive.plots import plot_caption_heatmap, plot_run
+from contrastive.evaluation.plots import plot_caption_heatmap, plot_run
 from tests.conftest import ROOT
 
 
@@ -37,7 +37,7 @@ def test_plot_run_without_eval_and_dedupes_resumed_steps(tmp_path):
     written = plot_run(tmp_path)
     assert sorted(p.name for p in written) == ["loss.png", "lr.png", "temperature.png"]
     assert all(p.parent == tmp_path / "plots" for p in written)
-    from contrastive.plots import _series
+    from contrastive.evaluation.plots import _series
 
     assert _series(rows, "loss") == ([1, 2, 3], [4.0, 9.0, 2.0])
 
@@ -66,7 +66,7 @@ def test_plot_skips_a_line_cut_by_a_kill(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text("\n".join(rows) + "\n" + rows[0][:17])  # the last write was cut
     assert main(["plot", str(tmp_path)]) == 0
     assert sorted(p.rsplit("/", 1)[-1] for p in capsys.readouterr().out.split()) == ["loss.png", "lr.png", "temperature.png"]
-    from contrastive.plots import read_metrics
+    from contrastive.evaluation.plots import read_metrics
 
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3]
     # a resumed run appending its first row to the cut line: that row is kept, the fragment dropped

@@ -11,8 +11,9 @@ from PIL import Image
 from contrastive.cli import main
 from contrastive.config import ModelConfig
 from contrastive.data import build_transform, read_records
-from contrastive.factory import create_model, load
-from contrastive.rank import format_rankings, rank_captions, rankings_to_json, score_captions
+from contrastive.model import create_model
+from contrastive.interop.loading import load
+from contrastive.evaluation.rank import format_rankings, rank_captions, rankings_to_json, score_captions
 from tests.conftest import PYTHON, ROOT, subprocess_env
 
 VAL = ROOT / "data/shapes/images/val"

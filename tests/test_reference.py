@@ -1,20 +1,17 @@
 """Forgetting: reference sets scored at step 0 and at every evaluation, the retained ratios, the weighted best
 checkpoint, and a run's step-0 reference scores equal to `eval` of the starting checkpoint."""
 
-import json
 
 import pytest
-import torch
 
-from contrastive.checkpoint import save_checkpoint
-from contrastive.config import ConfigError, EvalConfig, ReferenceConfig, config_to_dict, load_config
-from contrastive.evaluate import evaluate_dataset
-from contrastive.factory import create_model
-from contrastive.reference import ReferenceTracker, read_reference_tables, selection_score
+from contrastive.errors import ConfigError
+from contrastive.config import EvalConfig, ReferenceConfig, load_config
+from contrastive.model import create_model
+from contrastive.training.reference import ReferenceTracker, read_reference_tables, selection_score
 from tests.conftest import ROOT
+from tests.helpers.towers import BYTE_TEXT, towers
 
-MODEL = ["model.tokenizer=byte", "model.context_length=32", "model.image_encoder_args={layers: 1}",
-         "model.text_encoder_args={layers: 1}", "data.num_workers=0"]
+MODEL = [*BYTE_TEXT, *towers(1), "data.num_workers=0"]
 
 
 def table(tmp_path, name, first, rows):

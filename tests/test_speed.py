@@ -3,7 +3,6 @@
 import copy
 import itertools
 import statistics
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,18 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from contrastive.encoders.transformer import Attention
+from contrastive.encoders.transformer import Attention, Encoder
 from contrastive.encoders.text import TextTransformer
 from contrastive.encoders.vit import VisionTransformer
 from contrastive.losses.batch import BatchLoss
-from contrastive.builder import create_model
+from contrastive.model import create_model
 from contrastive.config import ModelConfig, load_config
-from contrastive.encoders.transformer import Encoder
 from contrastive.training.step import compute_loss, step_loss_fn
 from tests.conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "scripts"))
-import speedbench as B  # noqa: E402
+from scripts import speedbench as B
 
 # a spec small enough for many steps on a busy CPU
 MICRO = B.BenchSpec(image_size=16, patch_size=8, vision_width=32, vision_layers=2, vision_heads=2, text_width=32,
@@ -147,11 +144,13 @@ def test_encoder_arguments_set_a_switch_for_one_tower():
     assert model.text_encoder.encoder.pooled_last_block is True
 
 
-def test_old_and_new_switch_keys_together_are_refused():
-    from contrastive.config import ConfigError, config_from_dict
+def test_switches_live_in_the_model_section_only():
+    from contrastive.config import config_from_dict
+    from contrastive.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="train.fused_qkv.*old name of 'model.fused_qkv'"):
-        config_from_dict({"train": {"fused_qkv": True}, "model": {"fused_qkv": False}})
+    assert config_from_dict({"model": {"fused_qkv": False}}).model.fused_qkv is False
+    with pytest.raises(ConfigError, match="unknown config key 'train.fused_qkv'"):
+        config_from_dict({"train": {"fused_qkv": True}})
 
 
 def test_pooled_last_block_skips_work():
@@ -288,7 +287,7 @@ def test_openclip_reads_data_through_its_own_pipeline(repo_root, tmp_path):
                          tokenizer=lambda texts: texts)
     assert len(dataset) == len(source)
     # the captions are tokenized for the shared vocabulary: each row is one caption of the table
-    from contrastive.tokenizer import build_tokenizer
+    from contrastive.text.tokenizer import build_tokenizer
 
     tokenized = {tuple(t.tolist()) for t in build_tokenizer("byte", 16)(source["caption"].tolist())}
     assert all(tuple(row.tolist()) in tokenized for row in batch["tokens"])

@@ -1,6 +1,6 @@
 import torch
 
-from contrastive.tokenizer import build_tokenizer
+from contrastive.text.tokenizer import build_tokenizer
 
 
 def test_byte_tokenizer_fixed_length_and_specials():

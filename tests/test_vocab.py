@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
-from contrastive.config import ConfigError, DataConfig, ModelConfig, load_config
-from contrastive.vocab import fit_context, prepare_text, token_lengths, training_captions
+from contrastive.errors import ConfigError
+from contrastive.config import DataConfig, ModelConfig, load_config
+from contrastive.text.vocab import fit_context, prepare_text, token_lengths, training_captions
 
 
 def write_table(tmp_path, captions):
@@ -67,7 +68,7 @@ def test_training_captions_flatten_lists_and_sample(tmp_path):
 
 
 def test_auto_without_data_is_a_config_error():
-    from contrastive.factory import create_model
+    from contrastive.model import create_model
 
     with pytest.raises(ConfigError, match="tokenizer=auto is learned from the training captions"):
         create_model(ModelConfig(tokenizer="auto"))
@@ -85,7 +86,7 @@ def test_run_stores_the_learned_vocabulary_and_resume_keeps_it(tmp_path, repo_ro
     """The checkpoint holds the tokenizer the run learned; load() gives back the same ids; the resumed run uses it
     even when the training captions have changed since."""
     from contrastive import load
-    from contrastive.train import train
+    from contrastive.training.recipe import train
 
     captions = [f"{c} {s}" for c in ("red", "green", "blue", "black") for s in ("circle", "square", "star", "heart")]
     from PIL import Image

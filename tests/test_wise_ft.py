@@ -8,15 +8,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from contrastive.checkpoint import save_checkpoint
+from contrastive.interop.checkpoint import save_checkpoint
 from contrastive.cli import main
+from contrastive.evaluation.evaluate import evaluate_dataset
 from contrastive.config import config_to_dict, load_config
-from contrastive.evaluate import evaluate_dataset
-from contrastive.factory import create_model, load
+from contrastive.model import create_model
+from contrastive.interop.loading import load
 from tests.conftest import PYTHON, ROOT, subprocess_env
+from tests.helpers.towers import BYTE_TEXT, towers
 
-MODEL = ["model.tokenizer=byte", "model.context_length=32", "model.image_encoder_args={layers: 1}",
-         "model.text_encoder_args={layers: 1}"]
+MODEL = [*BYTE_TEXT, *towers(1)]
 
 
 def save(tmp_path, name, *overrides, noise=0.0, seed=0):
@@ -49,7 +50,7 @@ def cli(*args):
 
 
 def test_ends_are_the_inputs_and_the_middle_is_the_mean(tmp_path, pair):
-    from contrastive.wise_ft import wise_ft
+    from contrastive.training.wise_ft import wise_ft
 
     start, finetuned = pair
     a, b = load_file(str(start / "model.safetensors")), load_file(str(finetuned / "model.safetensors"))

@@ -14,10 +14,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import DataConfig, ModelConfig
-from .bad import BadRecord, BadSample, BadSampleTracker, DataError
+from .bad import BadRecord, BadSample, BadSampleTracker
+from ..errors import DataError
 from .images import PIL_MAX_PIXELS, build_transform
-from .samples import Collate, Sample, load_sample, padded_length, sample_seed, text_content_ids, trim_padding  # noqa: F401
-from .sources import Record, RawSample, Source, TableSource, detect_format, open_source, stable_id
+from .samples import Collate, Sample, load_sample, sample_seed
+from .sources import Record, RawSample, Source, detect_format, open_source, stable_id
 
 MAX_TRIES = 64  # draws per sample before giving up on finding a good one
 

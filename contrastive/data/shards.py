@@ -28,8 +28,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..config import DataConfig
-from ..errors import error_line
-from .bad import BadRecord, BadSample, DataError
+from ..errors import error_line, DataError
+from .bad import BadRecord, BadSample
 from .images import decode_image
 from .samples import Collate, Sample, load_sample, sample_seed
 from .sources import RawSample, pick_caption, stable_id

@@ -17,7 +17,8 @@ from typing import Any, Iterator, Protocol
 
 import torch
 
-from .bad import BadSample, DataError
+from .bad import BadSample
+from ..errors import DataError
 
 FORMATS = ("csv", "tsv", "jsonl", "hf", "webdataset")
 
@@ -275,10 +276,10 @@ def open_hf_dataset(path: str, split: str):
 
 
 def _load_hub_dataset(name: str, split: str):
-    """A hub dataset by name; only from the local cache when the hub cannot be used (see `contrastive.hub`)."""
+    """A hub dataset by name; only from the local cache when the hub cannot be used (see `contrastive.encoders.hub`)."""
     import datasets
 
-    from ..hub import HubUnavailable, load_from_hub
+    from ..encoders.hub import HubUnavailable, load_from_hub
 
     try:  # not cached: datasets raises ConnectionError, FileNotFoundError or ValueError
         return load_from_hub(lambda: datasets.load_dataset(name, split=split), f"hf://{name}",

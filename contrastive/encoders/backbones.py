@@ -65,7 +65,7 @@ class TimmTower(nn.Module):
         self.name, self.pooling = name, pooling
         load = lambda: timm.create_model(name, pretrained=pretrained and not weights, num_classes=0, **kwargs)  # noqa: E731
         if pretrained and not weights:  # timm downloads from the HF hub
-            from ..hub import load_from_hub
+            from .hub import load_from_hub
 
             self.model = load_from_hub(load, f"timm:{name} (pretrained)", "give the weights as a file (weights: FILE)")
         else:
@@ -92,7 +92,7 @@ def _check_torchvision_download(name: str) -> None:
     (instead of a download message and a raw URL error)."""
     from torchvision.models import get_model_weights
 
-    from ..hub import HubUnavailable, probe
+    from .hub import HubUnavailable, probe
 
     url = get_model_weights(name).DEFAULT.url
     if (Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name).is_file():

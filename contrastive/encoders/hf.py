@@ -259,7 +259,7 @@ def build_hf_model(spec: str, modality: str, hf_config: dict[str, Any] | None = 
         return dual_tower(dual, modality), proj
     trust = {"trust_remote_code": trust_remote_code}
     from ..errors import ConfigError
-    from ..hub import HubUnavailable, is_hub_id, load_from_hub
+    from .hub import HubUnavailable, is_hub_id, load_from_hub
 
     def load() -> nn.Module:
         if pretrained:
@@ -332,7 +332,7 @@ def hf_preprocessing(spec: str) -> tuple[int, list[float], list[float]] | None:
 def check_hf_args(spec: str, args: dict[str, Any]) -> None:
     """ValueError (one line) when `hf:<spec>` with the user's `args` cannot build: an argument hf_source does not
     take or of the wrong type, an unknown pooling, a spec that is neither a directory nor a hub id."""
-    from ..hub import is_hub_id
+    from .hub import is_hub_id
     from .registry import check_call_args, check_choice, signature_parameters
 
     name = f"hf:{spec}"

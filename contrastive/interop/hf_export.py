@@ -22,7 +22,7 @@ from typing import Callable, TypeVar
 
 import torch
 
-from ..checkpoint import CheckpointError
+from ..errors import CheckpointError
 from ..config import ModelConfig
 
 VERIFY_ATOL = 1e-5
@@ -32,9 +32,8 @@ T = TypeVar("T")
 
 
 def _model_config(path: Path) -> ModelConfig:
-    from ..checkpoint import read_meta
+    from .checkpoint import read_meta, resolve_checkpoint
     from ..config import config_from_dict
-    from ..checkpoint import resolve_checkpoint
     from .hf_import import is_hf_dual_dir, model_config_from_hf
 
     if is_hf_dual_dir(path):
@@ -59,7 +58,7 @@ def _clip_text_config(tower, tokenizer) -> dict:
 
 def _hf_tokenizer(tokenizer, context_length: int):
     """The transformers tokenizer to save: an HF tower's own, or the toolkit's `tokenizers` one wrapped."""
-    from ..hf_tokenizer import HFTokenizer
+    from ..text.hf_tokenizer import HFTokenizer
 
     if isinstance(tokenizer, HFTokenizer):
         import copy
@@ -70,7 +69,7 @@ def _hf_tokenizer(tokenizer, context_length: int):
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    from ..tokenizer import EOT, PAD, SOT
+    from ..text.tokenizer import EOT, PAD, SOT
 
     backend = Tokenizer.from_str(tokenizer.tokenizer.to_str())
     backend.no_padding()  # the fixed-length padding is the toolkit's choice; transformers pads per call
@@ -161,7 +160,7 @@ def _features(out) -> torch.Tensor:
 
 def _holds_training_output(path: Path) -> bool:
     """A checkpoint, a run directory or a run's `checkpoints/` folder: places an export must not write into."""
-    from ..checkpoint import is_checkpoint, list_checkpoints
+    from .checkpoint import is_checkpoint, list_checkpoints
 
     return is_checkpoint(path) or (path / "checkpoints").is_dir() or bool(list_checkpoints(path))
 
@@ -169,7 +168,7 @@ def _holds_training_output(path: Path) -> bool:
 def check_output(checkpoint: Path, output: Path, overwrite: bool = False) -> None:
     """Refuse an output that would destroy the source, sits inside a run or checkpoint, or holds files (unless
     `overwrite`); raises CheckpointError in one line. Runs before anything is loaded."""
-    from ..checkpoint import resolve_checkpoint
+    from .checkpoint import resolve_checkpoint
 
     sources = {checkpoint.resolve()}
     try:  # a run directory or a weights file names a checkpoint folder
@@ -204,7 +203,7 @@ def export_hf(checkpoint: str | Path, output: str | Path, verify: bool = True, o
     import copy
 
     from .loading import load
-    from ..lora import has_lora, merge_lora
+    from ..encoders.lora import has_lora, merge_lora
 
     checkpoint, output = Path(checkpoint), Path(output)
     check_output(checkpoint, output, overwrite)

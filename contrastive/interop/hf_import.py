@@ -1,7 +1,7 @@
 """Reading transformers formats: `CLIPModel` / `VisionTextDualEncoderModel` directories, and checkpoints of models
 with HF towers.
 
-`contrastive.load(DIR)` (and `model.init_from: DIR`) accept a `save_pretrained` directory (`factory.load` checks
+`contrastive.load(DIR)` (and `model.init_from: DIR`) accept a `save_pretrained` directory (`interop.loading.load` checks
 for one explicitly):
 - `CLIPModel` -> the built-in ViT and text Transformer (same layout, weights copied one to one) when the config
   fits them (gelu / quick_gelu, LayerNorm eps 1e-5); otherwise the HF CLIP towers (`hf:<dir>`, pooler pooling);
@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from ..builder import create_model, fit_weights
-from ..checkpoint import resolve_checkpoint
+from ..model import create_model, fit_weights
+from .checkpoint import resolve_checkpoint
 from ..errors import CheckpointError
 
 TOWERS_FILE, TOKENIZER_FILE = "hf_towers.json", "hf_tokenizer.json"
@@ -130,7 +130,7 @@ def load_hf_dir(path: Path, device: str | torch.device = "cpu"):
 def checkpoint_files(model, tokenizer) -> dict[str, str]:
     """Extra checkpoint files that make a model with HF towers / an HF tokenizer loadable without their directories."""
     from ..encoders.hf import HFTower
-    from ..hf_tokenizer import HFTokenizer
+    from ..text.hf_tokenizer import HFTokenizer
 
     files: dict[str, str] = {}
     towers = {m: getattr(model, f"{m}_encoder") for m in ("image", "text")}
@@ -161,7 +161,7 @@ def bundled_checkpoint(path: Path) -> Path | None:
 
 
 def load_bundled_tokenizer(ckpt: Path, context_length: int):
-    from ..hf_tokenizer import HFTokenizer
+    from ..text.hf_tokenizer import HFTokenizer
 
     bundle: dict[str, Any] = json.loads((ckpt / TOKENIZER_FILE).read_text())
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,7 +178,7 @@ def load_bundled_tokenizer(ckpt: Path, context_length: int):
 
 def load_bundled_checkpoint(path: Path, device: str | torch.device = "cpu"):
     """`contrastive.load` for checkpoints that carry HF tower configs / tokenizer files."""
-    from ..checkpoint import load_weights, read_meta
+    from .checkpoint import load_weights, read_meta
     from ..config import config_from_dict
     from ..data import build_transform
     ckpt = bundled_checkpoint(path)
@@ -191,7 +191,7 @@ def load_bundled_checkpoint(path: Path, device: str | torch.device = "cpu"):
             field = f"{m}_encoder_args"
             cfg = dataclasses.replace(cfg, **{field: {**getattr(cfg, field), "hf_config": hf_config}})
     if tokenizer is None and (ckpt / "tokenizer.json").is_file():
-        from ..tokenizer import load_tokenizer_file
+        from ..text.tokenizer import load_tokenizer_file
 
         tokenizer = load_tokenizer_file(ckpt / "tokenizer.json", cfg.context_length)
     model, tokenizer = create_model(cfg, tokenizer)

@@ -148,7 +148,7 @@ def export_onnx(checkpoint: str | Path, output: str | Path, verify: bool = True,
     takes the run's moving average of the weights, and LoRA adapters are merged into plain weights first."""
     from .loading import load
     from .hf_export import _model_config, check_output, write_folder
-    from ..lora import merge_lora
+    from ..encoders.lora import merge_lora
 
     checkpoint, output = Path(checkpoint), Path(output)
     check_output(checkpoint, output, overwrite)
@@ -234,9 +234,9 @@ def with_onnx(encoder, folder: str | Path, threads: int | None = None, atol: flo
 def _load_tokenizer(folder: Path, settings: dict):
     context = int(settings["context_length"])
     if settings.get("tokenizer") == "transformers":
-        from ..hf_tokenizer import HFTokenizer
+        from ..text.hf_tokenizer import HFTokenizer
 
         return HFTokenizer(folder, context, spec=f"hf:{folder}")
-    from ..tokenizer import load_tokenizer_file
+    from ..text.tokenizer import load_tokenizer_file
 
     return load_tokenizer_file(folder / "tokenizer.json", context)

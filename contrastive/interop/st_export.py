@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError
+from ..errors import CheckpointError
 
 
 def write_sentence_transformer(tower, projection: nn.Linear, tokenizer, context_length: int, out: Path) -> None:

@@ -64,8 +64,7 @@ def weights_digest(directory: str | Path) -> str:
 
 def resolve_model(checkpoint: str | Path) -> tuple[Path, str]:
     """(directory holding the weights, architecture name) of a run, checkpoint or transformers directory."""
-    from ..checkpoint import read_meta
-    from ..factory import resolve_checkpoint
+    from ..interop.checkpoint import read_meta, resolve_checkpoint
 
     path = Path(checkpoint)
     if (path / "config.json").is_file() and not (path / "meta.json").is_file():  # a transformers directory
@@ -86,10 +85,10 @@ def resolve_precision(device: torch.device, precision: str) -> str:
 
 def torch_encoder(checkpoint: str | Path, device: str = "cpu", precision: str = "auto") -> Encoder:
     """An Encoder running the model of `checkpoint` (a run, checkpoint or transformers directory) with torch."""
-    import contrastive
+    from ..interop.loading import load
 
     weights_dir, name = resolve_model(checkpoint)
-    net, preprocess, tokenizer = contrastive.load(checkpoint, device=device)
+    net, preprocess, tokenizer = load(checkpoint, device=device)
     return model_encoder(net, preprocess, tokenizer, device, precision, name=name, source=str(Path(checkpoint).resolve()),
                          checkpoint=str(weights_dir), digest=weights_digest(weights_dir))
 
@@ -98,7 +97,8 @@ def model_encoder(net, preprocess: Callable, tokenizer: Callable, device: str = 
                   name: str = "", source: str = "", checkpoint: str = "", digest: str = "") -> Encoder:
     """An Encoder of a loaded `(model, preprocess, tokenizer)`: no grad, autocast unless fp32 (`auto`: bf16 or fp16
     on a GPU, fp32 on the CPU)."""
-    from ..evaluate import autocast_context, embed_texts
+    from ..model import autocast_context
+    from ..evaluation.embedding import embed_texts
 
     dev = torch.device(device)
     precision = resolve_precision(dev, precision)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import atomic_write
+from ..interop.checkpoint import atomic_write
 from ..errors import DataError
 
 FORMAT_VERSION = 1

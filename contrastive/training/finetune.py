@@ -81,8 +81,8 @@ def configure_tower(tower: nn.Module, cfg: TowerTrainConfig) -> None:
 
 def apply_finetune(model: nn.Module, cfg: FinetuneConfig) -> None:
     """Freeze what `cfg` says, in both towers of a ContrastiveModel (projections and temperature stay trainable),
-    and put LoRA adapters where `finetune.<tower>.lora.rank > 0` (see `contrastive.lora`)."""
-    from ..lora import apply_lora_to_model
+    and put LoRA adapters where `finetune.<tower>.lora.rank > 0` (see `contrastive.encoders.lora`)."""
+    from ..encoders.lora import apply_lora_to_model
 
     configure_tower(model.image_encoder, cfg.image)
     configure_tower(model.text_encoder, cfg.text)

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from ..config import Config
+from .logging import metrics_of
 from .ema import EMA
-from ..reference import ReferenceTracker, read_reference_tables, selection_score
+from .reference import ReferenceTracker, read_reference_tables, selection_score
 
 REFERENCE, EMA_SUFFIX = "ref", "_ema"  # eval-set name of the reference sets; suffix of the EMA's eval sets
 
@@ -74,8 +75,7 @@ def best_score(metrics: dict[str, float], cfg: Config, tracker: ReferenceTracker
     target = metrics.get(f"val/{cfg.eval.best_metric_name()}") if cfg.eval.best_metric_name() else None
     if tracker is None or cfg.eval.reference_weight == 0:
         return target
-    prefix = f"{REFERENCE}/"
-    reference = tracker.score({k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)})
+    reference = tracker.score(metrics_of(REFERENCE, metrics))
     return selection_score(target, reference, cfg.eval.reference_weight)
 
 

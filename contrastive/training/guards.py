@@ -18,8 +18,9 @@ from typing import Callable
 
 import torch
 
-from ..checkpoint import latest_checkpoint
+from ..interop.checkpoint import latest_checkpoint
 from ..config import Config
+from ..model import check_encoder_settings
 from ..errors import CheckpointError, CheckpointWriteError, ConfigError, DataError
 
 
@@ -119,26 +120,4 @@ def check_inputs(cfg: Config) -> None:
         local = cfg.data.format in ("csv", "tsv", "jsonl") or (cfg.data.format == "" and path.lower().endswith(_TABLE_SUFFIXES))
         if path and local and "://" not in path and not Path(path).exists():
             raise DataError(f"data.{key}: file not found: {path} (paths are relative to the working directory)")
-    check_encoder_settings(cfg)
-
-
-def check_encoder_settings(cfg: Config) -> None:
-    """Encoder arguments that cannot build a tower (unknown names, wrong types, sizes out of range, combinations
-    such as heads that do not divide the width) fail here, in one line, before any data is read."""
-    from ..encoders import encoder_modality
-    from ..encoders.registry import check_encoder_args
-
-    m = cfg.model
-    for tower, name, given in (("image", m.image_encoder, m.image_encoder_args), ("text", m.text_encoder, m.text_encoder_args)):
-        args = dict(given)
-        if encoder_modality(name) == "image":  # what create_model adds, so that combinations are checked too
-            args.setdefault("image_size", m.image_size)
-        if encoder_modality(name) == "text" and m.context_length > 0:
-            tower_context = args.setdefault("context_length", m.context_length)
-            if isinstance(tower_context, int) and 0 < tower_context < m.context_length:
-                raise ConfigError(f"model.text_encoder_args: context_length={tower_context} is below "
-                                  f"model.context_length={m.context_length} (the tokens per caption); drop one")
-        try:
-            check_encoder_args(name, args, build=True)
-        except ValueError as e:
-            raise ConfigError(f"model.{tower}_encoder_args: {e}") from None
+    check_encoder_settings(cfg.model)

@@ -1,7 +1,7 @@
 """The training recipe: config in, run directory out.
 
     recipe = ContrastiveRecipe(cfg, info, stop)
-    recipe.setup_model(); recipe.setup_data(); recipe.setup_optimizer(); recipe.restore()
+    recipe.setup()      # setup_device, setup_text, setup_model, setup_data, setup_run_dir, setup_optimizer, restore
     recipe.train()      # the loop: lr, one step, then maybe_log / maybe_eval / maybe_save
     recipe.cleanup()
 
@@ -22,12 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..checkpoint import (
-    latest_checkpoint,
-    prune_checkpoints,
-    remove_partial_checkpoints,
-    save_checkpoint,
-)
+from ..interop.checkpoint import latest_checkpoint, prune_checkpoints, remove_partial_checkpoints, save_checkpoint
 from ..config import Config
 from ..data import TrainData, build_transform, read_records
 from ..data.prefetch import device_batches
@@ -41,17 +36,19 @@ from ..distributed import (
 )
 from ..distributed import cleanup as leave_process_group
 from ..errors import ConfigError, RunError, error_line
-from ..evaluate import eval_postfix, evaluate_records, record_labels
+
+from ..evaluation.evaluate import evaluate_records, record_labels
 from ..interop.hf_import import checkpoint_files
 from ..losses.batch import BatchLoss
+from ..text.tokenizer import TextTokenizer
 from ..interop.pretrained import resolve_model_config
 from .finetune import finetune_param_groups
 from .forgetting import (EMA_SUFFIX, REFERENCE, BaselineHook, best_score, build_ema, reference_evaluation,
                          reference_tracker, trainable_line, with_ema_weights)
 from .guards import NonFiniteGuard, check_inputs, save_or_report
-from .logging import MetricsLogger
+from .logging import MetricsLogger, eval_postfix, metrics_of, named_metrics
 from .optim import build_optimizer, lr_at, set_lr
-from .run_dir import prepare_run_dir, recover_replaced, resolve_run_dir, settle_replaced
+from .run_dir import ReplacedRun, prepare_run_dir, recover_replaced, resolve_run_dir
 from .setup import build_model, prepare_text, resolve_device, wrap_for_training
 from .signals import GracefulStop, Interrupted
 from .state import (
@@ -98,12 +95,13 @@ class ContrastiveRecipe:
         self.bar = None
         self.ema = None  # the moving average of the weights (train.ema_decay)
         self.reference = None  # the reference sets that measure forgetting (eval.reference)
+        self.replaced: ReplacedRun | None = None  # an earlier run train.overwrite moved aside, until our 1st checkpoint
 
     # ------------------------------------------------------------------------------------------------------------------
     # set-up
 
-    def setup_model(self) -> None:
-        """Device, checks that need no data, the resolved model config, tokenizer, model and loss."""
+    def setup_device(self) -> None:
+        """The device, and the checks that need neither model nor data (batch split, inputs, encoder arguments)."""
         cfg, info = self.cfg, self.info
         self.device = resolve_device(cfg.train.device, info)
         if cfg.train.batch_size % info.world_size:
@@ -112,14 +110,21 @@ class ContrastiveRecipe:
         if cfg.train.deterministic and self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         check_inputs(cfg)
-        # pretrained sources decide towers / preprocessing; the run saves the resolved config
-        cfg = dataclasses.replace(cfg, model=resolve_model_config(cfg.model))
-        model_cfg, tokenizer, self.text_report = prepare_text(cfg, info)
-        self.cfg = cfg = dataclasses.replace(cfg, model=model_cfg)
-        if info.is_main:
+
+    def setup_text(self) -> None:
+        """The resolved model config (pretrained sources decide towers and preprocessing; the context is fitted to
+        the captions) and the tokenizer. The one place `self.cfg` changes: the run saves the resolved config."""
+        cfg = dataclasses.replace(self.cfg, model=resolve_model_config(self.cfg.model))
+        model_cfg, self.tokenizer, self.text_report = prepare_text(cfg, self.info)
+        self.cfg = dataclasses.replace(cfg, model=model_cfg)
+        if self.info.is_main:
             print(self.text_report.line(), flush=True)
+
+    def setup_model(self) -> None:
+        """The model as it will train (seeded), its moving average and the loss."""
+        cfg, info = self.cfg, self.info
         seed_everything(cfg.train.seed)
-        self.model, self.tokenizer = build_model(cfg, tokenizer, self.device, info)
+        self.model, self.tokenizer = build_model(cfg, self.tokenizer, self.device, info)
         if info.is_main:
             print(trainable_line(self.model), flush=True)
         self.ema = build_ema(self.model, cfg)
@@ -128,7 +133,7 @@ class ContrastiveRecipe:
         self.loss_fn = BatchLoss(cfg.loss, info)
 
     def setup_data(self) -> None:
-        """Training batches, the eval sets, and then (model and data known to load) the run directory."""
+        """Training batches and the eval sets."""
         cfg, t, info = self.cfg, self.cfg.train, self.info
         self.train_data = TrainData(cfg.data, cfg.model, self.tokenizer, t.batch_size, t.seed, info.rank,
                                     info.world_size)
@@ -140,10 +145,13 @@ class ContrastiveRecipe:
         if cfg.data.val:
             self.eval_sets.append(self.validation_set())
         self.forgetting_sets()
-        # the run directory is made only once model and data are known to load: a typo leaves nothing behind
-        self.run_dir = broadcast_object(resolve_run_dir(cfg) if info.is_main else None, info)
+
+    def setup_run_dir(self) -> None:
+        """The run directory, made only once model and data are known to load: a typo leaves nothing behind."""
+        info = self.info
+        self.run_dir = broadcast_object(resolve_run_dir(self.cfg) if info.is_main else None, info)
         if info.is_main:
-            prepare_run_dir(cfg, self.run_dir)
+            self.replaced = prepare_run_dir(self.cfg, self.run_dir)
             remove_partial_checkpoints(self.run_dir / "checkpoints")
         barrier(info)
 
@@ -194,8 +202,11 @@ class ContrastiveRecipe:
         self.last_good = latest_checkpoint(self.run_dir / "checkpoints") if self.progress.step else None
 
     def setup(self) -> None:
+        self.setup_device()
+        self.setup_text()
         self.setup_model()
         self.setup_data()
+        self.setup_run_dir()
         self.setup_optimizer()
         self.restore()
 
@@ -294,10 +305,9 @@ class ContrastiveRecipe:
         if self.reference is None or self.progress.step > 0 or not (self.info.is_main or is_sharded(self.model)):
             return
         metrics = self.evaluate([s for s in self.eval_sets if not s.name.endswith(EMA_SUFFIX)])
-        prefix = f"{REFERENCE}/"
-        self.reference.baseline = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)} or None
+        self.reference.baseline = metrics_of(REFERENCE, metrics) or None
         if self.reference.baseline is not None:
-            metrics.update({prefix + k: v for k, v in self.reference.retained(self.reference.baseline).items()})
+            metrics.update(named_metrics(REFERENCE, self.reference.retained(self.reference.baseline)))
         self.logger.log(0, metrics)
 
     def evaluate(self, eval_sets: list[EvalSet] | None = None) -> dict[str, float]:
@@ -314,7 +324,7 @@ class ContrastiveRecipe:
                 print(f"evaluation at step {self.progress.step} failed, training goes on: {type(e).__name__}: "
                       f"{error_line(e)}", flush=True)
                 continue
-            metrics.update({f"{eval_set.name}/{k}": v for k, v in found.items()})
+            metrics.update(named_metrics(eval_set.name, found))
         return metrics
 
     def maybe_save(self) -> None:
@@ -352,14 +362,15 @@ class ContrastiveRecipe:
         p, checkpoints = self.progress, self.run_dir / "checkpoints"
         state = training_state(optimizer_state, self.scaler, self.train_data, self.model_hooks)
         extra = {}
-        if hasattr(self.tokenizer, "tokenizer") and hasattr(self.tokenizer.tokenizer, "to_str"):
+        if isinstance(self.tokenizer, TextTokenizer):  # the toolkit's own vocabulary travels with the weights
             extra["tokenizer.json"] = self.tokenizer.tokenizer.to_str()
         extra.update(checkpoint_files(unwrap(self.model), self.tokenizer))  # HF tower configs / tokenizer files
         ema = self.ema.state_dict_for_model() if self.ema is not None else None
         path = save_checkpoint(checkpoints / f"step_{p.step:08d}", weights, state, checkpoint_meta(p, self.cfg), extra,
                                ema_weights=ema)
         prune_checkpoints(checkpoints, self.cfg.train.keep_checkpoints, protect={p.best_checkpoint})
-        settle_replaced(keep_new=True, run_dir=self.run_dir)  # the new run has a checkpoint: the one it replaces may go
+        if self.replaced is not None:  # the new run has a checkpoint: the one it replaces may go
+            self.replaced.settle(keep_new=True)
         return path
 
     def start_reporting(self) -> None:
@@ -399,6 +410,7 @@ def train(cfg: Config) -> Path:
     info = init_distributed("cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu")
     if info.is_main and cfg.train.run_name:
         recover_replaced(resolve_run_dir(cfg))
+    recipe = None
     try:
         with GracefulStop() as stop:  # SIGINT/SIGTERM: finish the step, save, raise Interrupted
             recipe = ContrastiveRecipe(cfg, info, stop)
@@ -408,9 +420,11 @@ def train(cfg: Config) -> Path:
             finally:
                 recipe.cleanup()
     except BaseException:
-        settle_replaced(keep_new=False)
+        if recipe is not None and recipe.replaced is not None:  # stopped before its first checkpoint
+            recipe.replaced.settle(keep_new=False)
         raise
     finally:
         leave_process_group(info)
-    settle_replaced(keep_new=True)
+    if recipe.replaced is not None:
+        recipe.replaced.settle(keep_new=True)
     return recipe.run_dir

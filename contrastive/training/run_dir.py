@@ -11,7 +11,7 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
-from ..checkpoint import list_checkpoints
+from ..interop.checkpoint import list_checkpoints
 from ..config import Config, save_config
 from ..errors import ConfigError
 
@@ -29,53 +29,56 @@ def resolve_run_dir(cfg: Config) -> Path:
     return root / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path) -> None:
-    """Create the run directory. `train.overwrite=true` moves an earlier run aside (`.<name>.replaced`), never
-    deletes it here: it is removed once the new run has written its first checkpoint, and put back if the new run
-    fails before that (see `settle_replaced`)."""
+class ReplacedRun:
+    """The earlier run that `train.overwrite=true` moved aside (`.<name>.replaced`), owned by the run replacing it
+    until that run's first checkpoint: `settle(keep_new=True)` then deletes it; `settle(keep_new=False)` (the new
+    run stopped before a checkpoint) puts it back in place of the new run."""
+
+    def __init__(self, run_dir: Path, aside: Path) -> None:
+        self.run_dir, self.aside = run_dir, aside
+        self.settled = False
+
+    def settle(self, keep_new: bool) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        if keep_new:
+            shutil.rmtree(self.aside, ignore_errors=True)
+            return
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.aside.replace(self.run_dir)
+        print(f"kept the earlier run {self.run_dir}: the run meant to replace it stopped before its first checkpoint",
+              flush=True)
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path) -> ReplacedRun | None:
+    """Create the run directory. `train.overwrite=true` moves an earlier run aside, never deletes it here: the
+    `ReplacedRun` returned removes it once the new run has written its first checkpoint, or puts it back if the new
+    run fails before that."""
     if run_dir.exists() and any(run_dir.iterdir()) and not (cfg.train.resume or cfg.train.overwrite):
         raise ConfigError(
             f"run directory {run_dir} already exists; pass train.resume=true to continue it, "
             "train.overwrite=true to replace it, or another train.run_name"
         )
+    replaced = None
     if run_dir.exists() and cfg.train.overwrite and not cfg.train.resume:
         recover_replaced(run_dir)  # a leftover of a killed overwrite would block the move
-        aside = replaced_path(run_dir)
-        run_dir.replace(aside)
-        _REPLACED[run_dir] = aside
+        replaced = ReplacedRun(run_dir, replaced_path(run_dir))
+        run_dir.replace(replaced.aside)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-
-
-# run directory -> the earlier run that train.overwrite=true moved aside, until the new run's first checkpoint
-_REPLACED: dict[Path, Path] = {}
+    return replaced
 
 
 def replaced_path(run_dir: Path) -> Path:
     return run_dir.with_name(f".{run_dir.name}.replaced")
 
 
-def settle_replaced(keep_new: bool, run_dir: Path | None = None) -> None:
-    """Delete the earlier run(s) moved aside by `prepare_run_dir` (`keep_new`), or put them back in place of the
-    new run that failed before its first checkpoint. `run_dir`: only that run's."""
-    for new in [run_dir] if run_dir is not None else list(_REPLACED):
-        aside = _REPLACED.pop(new, None)
-        if aside is None:
-            continue
-        if keep_new:
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            shutil.rmtree(new, ignore_errors=True)
-            aside.replace(new)
-            print(f"kept the earlier run {new}: the run meant to replace it stopped before its first checkpoint",
-                  flush=True)
-
-
 def recover_replaced(run_dir: Path) -> None:
     """After a process killed between moving an earlier run aside and the new run's first checkpoint: keep the new
     run if it has a checkpoint, else put the earlier one back."""
     aside = replaced_path(run_dir)
-    if not aside.is_dir() or run_dir in _REPLACED:
+    if not aside.is_dir():
         return
     if (run_dir / "checkpoints").is_dir() and list_checkpoints(run_dir / "checkpoints"):  # it wrote one: it started
         shutil.rmtree(aside, ignore_errors=True)

@@ -10,13 +10,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..checkpoint import latest_checkpoint, read_meta
+from ..interop.checkpoint import latest_checkpoint, read_meta
 from ..config import Config, ModelConfig, TrainConfig
 from ..distributed import DistInfo, broadcast_object, shard_model
 from ..encoders.hf import HFTower
 from ..errors import CheckpointError, ConfigError
-from ..builder import create_model, fit_weights
-from ..model import ContrastiveModel
+from ..interop.loading import init_from
+from ..model import ContrastiveModel, create_model
 from .finetune import apply_finetune
 from .guards import parse_device
 from .run_dir import resolve_run_dir
@@ -56,8 +56,8 @@ def prepare_text(cfg: Config, info: DistInfo):
     main process's vocabulary: only the main process reads the captions."""
     from tokenizers import Tokenizer
 
-    from ..tokenizer import TextTokenizer, build_tokenizer
-    from ..vocab import prepare_text as fit_text
+    from ..text.tokenizer import TextTokenizer, build_tokenizer
+    from ..text.vocab import prepare_text as fit_text
 
     model_cfg, saved = _saved_text(cfg)
     if not info.enabled:
@@ -73,17 +73,6 @@ def prepare_text(cfg: Config, info: DistInfo):
     return model_cfg, build_tokenizer(model_cfg.tokenizer, model_cfg.context_length, model_cfg.trust_remote_code), report
 
 
-def init_weights_from(model: ContrastiveModel, source: str) -> None:
-    """Initialise from another run/checkpoint or a transformers directory (`model.init_from`)."""
-    from ..interop.loading import load
-
-    from ..lora import merge_lora
-
-    other, _, _ = load(source)
-    merge_lora(other)  # a LoRA-trained source gives plain weights; this run's own adapters come after
-    fit_weights(model, other.state_dict(), f"model.init_from={source}", error=ConfigError)
-
-
 def build_model(cfg: Config, tokenizer: Any, device: torch.device, info: DistInfo) -> tuple[ContrastiveModel, Any]:
     """(model on `device` as it will train, tokenizer): built (with the speed switches of `model.`), initialised,
     with the fine-tuning choices applied, and sharded under `train.fsdp` (before the optimizer: sharding replaces
@@ -96,7 +85,7 @@ def build_model(cfg: Config, tokenizer: Any, device: torch.device, info: DistInf
             raise
         raise ConfigError(f"model: {e}") from None
     if cfg.model.init_from:
-        init_weights_from(model, cfg.model.init_from)
+        init_from(model, cfg.model.init_from)
     apply_finetune(model, cfg.finetune)
     if t.grad_checkpointing:
         model.set_grad_checkpointing(True)

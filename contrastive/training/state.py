@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..checkpoint import load_state, load_weights, read_meta
+from ..interop.checkpoint import load_state, load_weights, read_meta
 from ..config import Config, config_to_dict
 from ..data import TrainData
 from ..distributed import full_state_dicts, is_sharded, load_full_state_dicts

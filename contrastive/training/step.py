@@ -29,9 +29,8 @@ from ..distributed import (
     is_sharded,
     sync_replicated_grads,
 )
-from ..evaluate import autocast_context
+from ..model import autocast_context, ContrastiveModel
 from ..losses.batch import BatchLoss
-from ..model import ContrastiveModel
 from .guards import step_if_finite
 
 # (image (B, D), text (B, D), logit_scale (), logit_bias () or None) -> 0-dim loss

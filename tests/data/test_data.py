@@ -20,7 +20,6 @@ from contrastive.data import (
     BadRecord,
     BadSample,
     BadSampleTracker,
-    DataError,
     ImageTransform,
     ImageTextDataset,
     ResumableBatchSampler,
@@ -30,11 +29,13 @@ from contrastive.data import (
     read_records,
     stable_id,
 )
+from contrastive.errors import DataError
 from contrastive.data.shards import ShardStream, expand_shards
-from contrastive.tokenizer import build_tokenizer
-from contrastive.train import train
+from contrastive.text.tokenizer import build_tokenizer
+from contrastive.training.recipe import train
 from tests.conftest import PYTHON, ROOT, subprocess_env
 from tests.helpers.overrides import FAST
+from contrastive.evaluation.plots import read_metrics
 
 SHAPES = ROOT / "data/shapes"
 GOOD = [row[:2] for row in csv.reader((SHAPES / "train.csv").read_text().splitlines()[1:])]
@@ -271,7 +272,7 @@ def test_csv_with_every_bad_kind_trains_to_the_end(tmp_path, bad_files, capsys):
     assert summary["data"]["bad_skips"] >= 9 and summary["data"]["samples_loaded"] == 64 + summary["data"]["bad_skips"]
     err = capsys.readouterr().err
     assert err.count("skipped bad sample:") == 5 and f"{csv_path} row" in err
-    meta_losses = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    meta_losses = read_metrics(run)
     assert meta_losses[-1]["bad_samples"] == 9
 
 
@@ -386,9 +387,9 @@ def test_webdataset_shards_train_with_a_bad_member(tmp_path):
 
 
 def test_trim_padding_keeps_every_caption_and_the_features():
-    from contrastive.data.loader import trim_padding
+    from contrastive.data.samples import trim_padding
     from contrastive.encoders.text import TextTransformer
-    from contrastive.tokenizer import build_tokenizer
+    from contrastive.text.tokenizer import build_tokenizer
 
     tok = build_tokenizer("byte", 64)
     captions = ["a red circle", "a small blue square at the top left", "x"]
@@ -413,7 +414,7 @@ def test_trim_padding_keeps_every_caption_and_the_features():
 def test_loader_batches_are_trimmed(tmp_path):
     from contrastive.config import DataConfig, ModelConfig
     from contrastive.data import TrainData
-    from contrastive.tokenizer import build_tokenizer
+    from contrastive.text.tokenizer import build_tokenizer
 
     from PIL import Image
 
@@ -432,7 +433,7 @@ def test_loader_batches_are_trimmed(tmp_path):
 
 
 def collate_captions(captions, tokenizer, trim=True):
-    from contrastive.data.loader import Collate, Sample
+    from contrastive.data.samples import Collate, Sample
 
     samples = [Sample(torch.zeros(3, 4, 4), c, f"img{i}.png") for i, c in enumerate(captions)]
     return Collate(tokenizer, trim)(samples)
@@ -460,7 +461,7 @@ def test_duplicate_text_ids_follow_the_tokens_the_model_sees():
 
 
 def test_duplicate_text_ids_of_token_dicts_ignore_masked_padding():
-    from contrastive.data.loader import text_content_ids
+    from contrastive.data.samples import text_content_ids
 
     ids = torch.tensor([[5, 6, 7, 0, 0], [5, 6, 7, 9, 0], [0, 5, 6, 7, 0]])
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [0, 1, 1, 1, 0]])  # the last one padded on both sides

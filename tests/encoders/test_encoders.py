@@ -86,8 +86,9 @@ def test_patch_dropout_keeps_the_share_asked_in_training_only():
 
 
 def test_patch_dropout_out_of_range_and_on_other_towers_is_refused():
-    from contrastive.config import ConfigError, ModelConfig, load_config
-    from contrastive.factory import create_model
+    from contrastive.errors import ConfigError
+    from contrastive.config import ModelConfig, load_config
+    from contrastive.model import create_model
 
     with pytest.raises(ConfigError, match="patch_dropout"):
         load_config(None, ["model.patch_dropout=1.0"])

@@ -9,9 +9,9 @@ from safetensors.torch import save_file
 
 from contrastive.config import ModelConfig, load_config
 from contrastive.encoders import create_encoder
-from contrastive.factory import create_model
-from contrastive.hf_tokenizer import HFTokenizer
-from contrastive.pretrained import resolve_model_config
+from contrastive.model import create_model
+from contrastive.text.hf_tokenizer import HFTokenizer
+from contrastive.interop.pretrained import resolve_model_config
 from tests.conftest import ROOT
 from tests.helpers.hf_models import TEXT, VISION, save_clip, save_tower
 
@@ -128,7 +128,7 @@ def test_parameters_the_pooling_skips_are_frozen_but_kept(tower_dirs):
 
 
 def test_wrong_modality_and_missing_dir_are_config_errors(tower_dirs, tmp_path):
-    from contrastive.config import ConfigError
+    from contrastive.errors import ConfigError
 
     with pytest.raises(ConfigError, match="not a image model"):
         create_encoder(f"hf:{tower_dirs['bert']}", modality="image")
@@ -228,7 +228,7 @@ def test_hf_tower_gradient_checkpointing_same_gradients(tower_dirs):
 
 def test_checkpoint_rebuilds_hf_towers_without_their_directories(tmp_path):
     import contrastive
-    from contrastive.train import train
+    from contrastive.training.recipe import train
 
     vit = save_tower("vit", tmp_path / "vit")
     bert = save_tower("bert", tmp_path / "bert")
@@ -253,7 +253,7 @@ def test_checkpoint_rebuilds_hf_towers_without_their_directories(tmp_path):
 
 @pytest.mark.parametrize("kind,pooling", [(k, p) for k in TEXT for p in ("pooler", "mean", "eot")])
 def test_hf_text_towers_same_features_on_trimmed_padding(tower_dirs, kind, pooling):
-    from contrastive.data.loader import trim_padding
+    from contrastive.data.samples import trim_padding
 
     tok = HFTokenizer(tower_dirs[kind], 40)
     tower = create_encoder(f"hf:{tower_dirs[kind]}", modality="text", pooling=pooling, eot_token_id=tok.eot_token_id).eval()

@@ -22,7 +22,7 @@ from contrastive.distributed import (
     shard_model,
     sync_replicated_grads,
 )
-from contrastive.factory import create_model
+from contrastive.model import create_model
 from contrastive.losses.batch import global_batch_loss
 from contrastive.training.step import gradcache_backward
 from tests.helpers.grads import ZERO_GRADIENT, ZERO_GRADIENT_CLIP, assert_grads_close

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from contrastive.tokenizer import EOT, PAD, SOT, byte_level_tokenizer
+from contrastive.text.tokenizer import EOT, PAD, SOT, byte_level_tokenizer
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 VISION = {

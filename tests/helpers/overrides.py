@@ -2,23 +2,17 @@
 
 from contrastive.config import load_config
 from tests.conftest import ROOT
+from tests.helpers.towers import QUIET, towers
 
 
-FAST = [
-    "model.image_encoder_args={layers: 2}",
-    "model.text_encoder_args={layers: 2}",
-    "data.num_workers=0",
-    "train.progress_bar=false",
-    "train.log_every_n_steps=1",
-]
+FAST = [*towers(2), *QUIET, "train.log_every_n_steps=1"]
 
 
 def small_run(tmp_path, *overrides, name="run"):
     """One training step of a one-layer, 32 px shapes model (a checkpoint to export or load), in `tmp_path/name`."""
-    from contrastive.train import train
+    from contrastive.training.recipe import train
 
     cfg = load_config(ROOT / "configs/shapes_tiny.yaml", [
-        "model.image_encoder_args={layers: 1}", "model.text_encoder_args={layers: 1}", "model.image_size=32",
-        "model.embed_dim=16", "train.batch_size=8", "train.max_steps=1", "data.val=", "data.num_workers=0",
-        "train.progress_bar=false", f"train.output_dir={tmp_path}", f"train.run_name={name}", *overrides])
+        *towers(1), "model.image_size=32", "model.embed_dim=16", "train.batch_size=8", "train.max_steps=1", "data.val=",
+        *QUIET, f"train.output_dir={tmp_path}", f"train.run_name={name}", *overrides])
     return train(cfg)

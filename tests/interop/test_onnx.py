@@ -12,11 +12,18 @@ from PIL import Image
 from torch import nn
 
 import contrastive
-from contrastive.checkpoint import CheckpointError
+from contrastive.errors import CheckpointError
 from contrastive.cli import main
 from contrastive.config import load_config
 from contrastive.model import ContrastiveModel
-from contrastive.onnx_export import IMAGE_FILE, SETTINGS_FILE, TEXT_FILE, OnnxEncoders, export_onnx, write_onnx
+from contrastive.interop.onnx_export import (
+    IMAGE_FILE,
+    SETTINGS_FILE,
+    TEXT_FILE,
+    OnnxEncoders,
+    export_onnx,
+    write_onnx,
+)
 from tests.conftest import PYTHON, ROOT, subprocess_env
 from tests.helpers.hf_models import save_dual_encoder
 from tests.helpers.overrides import small_run
@@ -136,8 +143,8 @@ def test_output_rules_and_errors_of_the_cli(exported, tmp_path, capsys):
 def test_embedding_a_collection_with_onnx_gives_torchs_arrays(exported, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from contrastive.factory import resolve_checkpoint
-    from contrastive.onnx_export import with_onnx
+    from contrastive.interop.checkpoint import resolve_checkpoint
+    from contrastive.interop.onnx_export import with_onnx
     from contrastive.search import embed_collection, torch_encoder
     from contrastive.search.store import load_vectors, read_manifest
     from tests.search.helpers import shapes_table
@@ -174,7 +181,7 @@ def test_embedding_a_collection_with_onnx_gives_torchs_arrays(exported, tmp_path
 def test_towers_without_a_transformers_counterpart_export_too(tmp_path):
     """A timm tower and a logit bias (both refused by the transformers format) are no obstacle to ONNX."""
     from contrastive.config import ModelConfig
-    from contrastive.factory import create_model
+    from contrastive.model import create_model
 
     cfg = ModelConfig(image_encoder="timm:test_resnet", tokenizer="byte", text_encoder_args={"layers": 1},
                       image_size=32, embed_dim=16, context_length=16, init_logit_bias=-10.0)

@@ -12,8 +12,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from contrastive.config import ConfigError, load_config
-from contrastive.factory import create_model
+from contrastive.errors import ConfigError
+from contrastive.config import load_config
+from contrastive.model import create_model
 from tests.conftest import ROOT
 from tests.helpers.hf_models import byte_hf_tokenizer
 
@@ -99,7 +100,7 @@ def test_remote_code_runs_when_the_config_trusts_it(remote_code_dir):
 
 
 def test_loading_a_checkpoint_never_imports_model_code(remote_code_dir, tmp_path):
-    from contrastive.train import train
+    from contrastive.training.recipe import train
 
     folder, marker = remote_code_dir
     run = train(_config(folder, True, "model.embed_dim=16", "train.batch_size=8", "train.max_steps=1", "data.val=",

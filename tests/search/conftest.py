@@ -20,7 +20,7 @@ def other_run(tiny_run, tmp_path_factory) -> Path:
 
     from safetensors.torch import load_file, save_file
 
-    from contrastive.factory import resolve_checkpoint
+    from contrastive.interop.checkpoint import resolve_checkpoint
 
     ckpt = tmp_path_factory.mktemp("other_run") / "checkpoint"
     shutil.copytree(resolve_checkpoint(tiny_run), ckpt)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import contrastive
-from contrastive.evaluate import embed_images, embed_texts
+from contrastive.evaluation.embedding import embed_images, embed_texts
 from contrastive.search import embed_collection, torch_encoder
 from contrastive.search.store import load_vectors, read_manifest
 from tests.conftest import PYTHON, ROOT, subprocess_env

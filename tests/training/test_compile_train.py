@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import shutil
 from pathlib import Path
 
@@ -13,10 +12,11 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT
+from tests.helpers.towers import QUIET, towers
+from contrastive.evaluation.plots import read_metrics
 
-TINY = ["model.image_encoder_args={layers: 1, width: 64, heads: 2}", "model.text_encoder_args={layers: 1, width: 64, heads: 2}",
-        "model.embed_dim=32", "model.image_size=32", "data.num_workers=0", "data.val=", "train.batch_size=4",
-        "train.max_steps=3", "train.log_every_n_steps=1", "train.progress_bar=false", "model.tokenizer=byte",
+TINY = [*towers(1, 64, 2), "model.embed_dim=32", "model.image_size=32", *QUIET, "data.val=", "train.batch_size=4",
+        "train.max_steps=3", "train.log_every_n_steps=1", "model.tokenizer=byte",
         "model.context_length=24", "train.run_name=run"]
 
 
@@ -34,7 +34,7 @@ def run(tmp: Path, table: Path, *extra: str) -> tuple[list[float], dict[str, tor
     cfg = load_config(ROOT / "configs/shapes_tiny.yaml", [*TINY, f"data.train={table}", f"train.output_dir={tmp}", *extra])
     with contextlib.redirect_stderr(io.StringIO()):
         path = train(cfg)
-    rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(path)
     losses = [r["loss"] for r in rows if "loss" in r]
     step = (path / "checkpoints" / "latest").read_text().strip()
     return losses, load_file(str(path / "checkpoints" / step / "model.safetensors"))

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from contrastive.checkpoint import latest_checkpoint, load_state, load_weights
+from contrastive.interop.checkpoint import latest_checkpoint, load_state, load_weights
 from tests.helpers.crash import assert_resumed, kill, launch, logged_losses, logged_steps, wait_for, write_in_progress
 
 MAX_STEPS = 60  # tiny steps take ~50 ms: enough of them that the kills land mid-run on a fast machine too

@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 import contrastive
-from contrastive.checkpoint import load_state
+from contrastive.interop.checkpoint import load_state
 from contrastive.config import FinetuneConfig, OptimConfig, TowerTrainConfig, load_config
 from contrastive.encoders import create_encoder
 from contrastive.model import ContrastiveModel
-from contrastive.train import train
+from contrastive.training.recipe import train
 from contrastive.training.finetune import apply_finetune, finetune_param_groups, layer_ids, lr_scales
 from contrastive.training.optim import build_optimizer, param_groups
 from tests.conftest import ROOT

@@ -9,17 +9,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from contrastive.checkpoint import latest_checkpoint, load_state, save_checkpoint
+from contrastive.interop.checkpoint import latest_checkpoint, load_state, save_checkpoint
 from contrastive.cli import main
+from contrastive.evaluation.evaluate import evaluate_dataset
 from contrastive.config import config_to_dict, load_config
-from contrastive.evaluate import evaluate_dataset
-from contrastive.factory import create_model, load
+from contrastive.model import create_model
+from contrastive.interop.loading import load
 from contrastive.training import train
 from tests.conftest import ROOT
+from tests.helpers.towers import BYTE_TEXT, QUIET, TINY
+from contrastive.evaluation.plots import read_metrics
 
-SMALL = ["model.tokenizer=byte", "model.context_length=32", "model.image_encoder_args={layers: 1, width: 32, heads: 2}",
-         "model.text_encoder_args={layers: 1, width: 32, heads: 2}", "model.embed_dim=16", "data.num_workers=0",
-         "train.progress_bar=false", "train.batch_size=16", "train.log_every_n_steps=1", "optim.warmup_steps=2",
+SMALL = [*BYTE_TEXT, *TINY, *QUIET, "train.batch_size=16", "train.log_every_n_steps=1", "optim.warmup_steps=2",
          "train.precision=fp32"]
 
 
@@ -41,7 +42,7 @@ def run(tmp_path, name, *overrides):
 
 
 def rows(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return read_metrics(run_dir)
 
 
 @pytest.fixture

@@ -6,11 +6,10 @@ from torch import nn
 
 from contrastive.config import LossConfig, ModelConfig
 from contrastive.distributed import DistInfo
-from contrastive.factory import create_model
+from contrastive.model import create_model, ContrastiveModel
 from contrastive.losses import LOSSES
 from contrastive.losses.batch import global_batch_loss
 from contrastive.training.step import gradcache_backward, split_batch
-from contrastive.model import ContrastiveModel
 from tests.helpers.grads import assert_grads_close
 
 TINY = {"layers": 1, "width": 32, "heads": 2}

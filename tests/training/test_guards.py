@@ -7,18 +7,17 @@ import pytest
 import torch
 
 from contrastive.config import load_config
-from contrastive.factory import create_model
+from contrastive.model import create_model
 from contrastive.training.guards import NonFiniteGuard, check_inputs
-from contrastive.data import DataError
-from contrastive.errors import RunError
+from contrastive.errors import DataError, RunError
 from contrastive.losses.batch import BatchLoss
-from contrastive.train import train
+from contrastive.training.recipe import train
 from contrastive.training.optim import build_optimizer, param_groups
 from contrastive.training.step import train_step
 from tests.conftest import ROOT
+from tests.helpers.towers import TINY
 
-SMALL = ["model.image_encoder_args={layers: 1, width: 32, heads: 2}",
-         "model.text_encoder_args={layers: 1, width: 32, heads: 2}", "model.embed_dim=16"]
+SMALL = TINY
 
 
 def small_setup(fused: bool):

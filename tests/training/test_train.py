@@ -9,18 +9,15 @@ from PIL import Image
 
 import contrastive
 from contrastive.config import load_config
-from contrastive.train import train
+from contrastive.training.recipe import train
 from tests.conftest import ROOT
 from tests.helpers.overrides import FAST
+from contrastive.evaluation.plots import read_metrics
 
 
 def tiny_cfg(tmp_path, *overrides):
     return load_config(ROOT / "configs/shapes_tiny.yaml",
                        [*FAST, f"train.output_dir={tmp_path}", "train.run_name=run", *overrides])
-
-
-def read_metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_resume_reproduces_next_loss_exactly(tmp_path):
@@ -116,7 +113,7 @@ def test_siglip_trains_its_bias_and_its_loss_falls(tmp_path, fp32_run):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_on_cpu_tracks_fp32(tmp_path, fp32_run, precision):
-    from contrastive.checkpoint import load_state
+    from contrastive.interop.checkpoint import load_state
 
     run = train(tiny_cfg(tmp_path, *SHORT, f"train.precision={precision}"))
     ours = [m["loss"] for m in read_metrics(run) if "loss" in m]
@@ -149,7 +146,7 @@ def val_csv(tmp_path, rows: int, missing: int = 0):
 
 
 def test_failed_evaluation_is_reported_and_the_run_finishes(tmp_path, capsys):
-    from contrastive.checkpoint import latest_checkpoint
+    from contrastive.interop.checkpoint import latest_checkpoint
 
     run = train(tiny_cfg(tmp_path, "train.batch_size=32", "train.max_steps=2", "eval.every_n_steps=1",
                          f"data.val={val_csv(tmp_path, 8, missing=1)}"))
@@ -161,7 +158,7 @@ def test_failed_evaluation_is_reported_and_the_run_finishes(tmp_path, capsys):
 
 
 def test_best_checkpoint_comes_from_an_evaluation_of_its_own_weights(tmp_path):
-    from contrastive.checkpoint import read_meta
+    from contrastive.interop.checkpoint import read_meta
 
     run = train(tiny_cfg(tmp_path, "train.batch_size=32", "train.max_steps=4", "eval.every_n_steps=2",
                          "train.save_every_n_steps=3", "train.keep_checkpoints=5", f"data.val={val_csv(tmp_path, 16)}"))
@@ -188,7 +185,7 @@ def test_a_bad_model_setting_fails_in_one_line_before_the_run_directory(tmp_path
 
 
 def test_resuming_with_another_model_is_a_checkpoint_error(tmp_path):
-    from contrastive.checkpoint import CheckpointError
+    from contrastive.errors import CheckpointError
 
     train(tiny_cfg(tmp_path, "train.batch_size=32", "train.max_steps=1", "data.val="))
     with pytest.raises(CheckpointError, match="cannot resume from .*step_00000001: it does not fit") as e:

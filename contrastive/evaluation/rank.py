@@ -15,10 +15,10 @@ from typing import Any, Callable
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .data import DataError
-from .evaluate import embed_images, embed_texts
+from ..errors import DataError
+from .embedding import embed_images, embed_texts
 from .metrics import rank_probabilities
-from .model import ContrastiveModel
+from ..model import ContrastiveModel
 
 
 @dataclass

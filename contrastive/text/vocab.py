@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import ConfigError, DataConfig, ModelConfig
-from .errors import DataError
+from ..errors import ConfigError, DataError
+from ..config import DataConfig, ModelConfig
 
 MAX_CAPTIONS = 200_000  # captions read to learn the vocabulary and measure lengths (a seeded sample beyond that)
 MAX_SHARD_CAPTIONS = 50_000  # of webdataset shards: the first ones (reading a shard reads its images too)
@@ -49,7 +49,7 @@ class CaptionReport:
 
 def training_captions(data_cfg: DataConfig, limit: int = MAX_CAPTIONS, seed: int = 0) -> list[str]:
     """The training set's captions (every caption of list columns), a seeded sample of `limit` beyond that."""
-    from .data.sources import iter_captions, open_hf_dataset, detect_format
+    from ..data.sources import iter_captions, open_hf_dataset, detect_format
 
     fmt = data_cfg.format or detect_format(data_cfg.train)
     if fmt in ("csv", "tsv", "jsonl"):
@@ -75,7 +75,7 @@ def training_captions(data_cfg: DataConfig, limit: int = MAX_CAPTIONS, seed: int
 
 def _shard_captions(data_cfg: DataConfig, limit: int) -> list[str]:
     """The first `limit` captions of the shards, in shard order (each shard read from its start)."""
-    from .data.shards import DEFAULT_CAPTION_EXTS, _exts, expand_shards, iter_groups
+    from ..data.shards import DEFAULT_CAPTION_EXTS, _exts, expand_shards, iter_groups
 
     exts = _exts(data_cfg.caption_key, "caption", DEFAULT_CAPTION_EXTS)
     captions: list[str] = []

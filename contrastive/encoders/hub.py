@@ -17,7 +17,7 @@ import threading
 from typing import Callable, TypeVar
 from urllib.parse import urlparse
 
-from .errors import UserError
+from ..errors import UserError
 
 T = TypeVar("T")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import EMA_FILE, META_FILE, MODEL_FILE, STATE_FILE, CheckpointError, read_meta
-from .config import ConfigError
+from ..interop.checkpoint import EMA_FILE, META_FILE, MODEL_FILE, STATE_FILE, read_meta
+from ..errors import CheckpointError, ConfigError
 
 WEIGHT_FILES = (MODEL_FILE, STATE_FILE, EMA_FILE)  # not copied from the fine-tuned checkpoint
 
@@ -66,8 +66,9 @@ def _tokenizer_vocab(ckpt: Path) -> dict[str, int] | None:
 def load_pair(start: str | Path, finetuned: str | Path, weights: str = "model"):
     """(start state dict, fine-tuned state dict, fine-tuned checkpoint directory), LoRA merged in both. The start's
     weights are always its trained ones; `weights` picks the fine-tuned run's ("ema": its moving average)."""
-    from .interop.loading import load, resolve_checkpoint
-    from .lora import merge_lora
+    from ..interop.loading import load
+    from ..interop.checkpoint import resolve_checkpoint
+    from ..encoders.lora import merge_lora
 
     a_dir, b_dir = resolve_checkpoint(start), resolve_checkpoint(finetuned)
     if _tokenizer_vocab(a_dir) != _tokenizer_vocab(b_dir):
@@ -95,8 +96,8 @@ def write_checkpoint(weights: dict[str, torch.Tensor], finetuned_dir: Path, outp
     sibling folder and renamed into place, so a failure leaves nothing half-written."""
     from safetensors.torch import save_file
 
-    from .checkpoint import untied
-    from .interop.hf_export import write_folder
+    from ..interop.checkpoint import untied
+    from ..interop.hf_export import write_folder
 
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise CheckpointError(f"--output {output} exists and is not an empty folder; choose a new one")
@@ -151,9 +152,9 @@ def sweep(start: str | Path, finetuned: str | Path, alphas: Sequence[float], tar
           weights: str = "model", batch_size: int = 256, device: str = "cpu") -> list[SweepPoint]:
     """Evaluate theta(alpha) for each alpha on the `target` and `reference` `EvalTable`s (one model is built;
     only its weights change)."""
-    from .evaluate import evaluate_table
-    from .interop.loading import load
-    from .lora import merge_lora
+    from ..evaluation.evaluate import evaluate_table
+    from ..interop.loading import load
+    from ..encoders.lora import merge_lora
 
     a, b, b_dir = load_pair(start, finetuned, weights)
     model, preprocess, tokenizer = load(b_dir, device=device, weights=weights)
@@ -174,7 +175,7 @@ def headline(task: str) -> str:
 
 def plot_sweep(points: list[SweepPoint], target_metric: str, reference_metric: str, path: str | Path) -> Path:
     """Reference score against target score, one point per alpha, labelled with alpha."""
-    from .plots import plot_tradeoff
+    from ..evaluation.plots import plot_tradeoff
 
     return plot_tradeoff([p.target[target_metric] for p in points], [p.reference[reference_metric] for p in points],
                          [f"α={p.alpha:g}" for p in points], path, xlabel=f"target {target_metric}",

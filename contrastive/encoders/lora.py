@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .config import ConfigError
+from ..errors import ConfigError
 
 TOWERS = ("image", "text")
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj", "query", "key", "value", "qkv")

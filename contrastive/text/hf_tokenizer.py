@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import error_line
+from ..errors import error_line
 
 
 class HFTokenizer:
@@ -24,11 +24,11 @@ class HFTokenizer:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         from transformers import AutoTokenizer
 
-        from .encoders.hf import resolve_hf_path
+        from ..encoders.hf import resolve_hf_path
 
         self.path = resolve_hf_path(str(path))
         self.spec = spec or f"hf:{path}"
-        from .hub import HubUnavailable, is_hub_id, load_from_hub
+        from ..encoders.hub import HubUnavailable, is_hub_id, load_from_hub
 
         load = lambda: AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)  # noqa: E731
         try:

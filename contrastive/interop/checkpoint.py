@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 
 from safetensors.torch import load_file, save_file
 
-from .errors import CheckpointError, CheckpointWriteError, error_line
+from ..errors import CheckpointError, CheckpointWriteError, error_line
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.safetensors", "state.pt", "meta.json"
 EMA_FILE = "ema.safetensors"  # the moving average of the weights, when the run keeps one (train.ema_decay)

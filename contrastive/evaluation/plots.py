@@ -37,7 +37,7 @@ def _figure(width: float, height: float):
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The rows of `<run_dir>/metrics.jsonl`. A line cut by a kill mid-write is skipped; when a resumed run appended
     its first row to such a line, that row is kept."""
-    from .data import DataError
+    from ..errors import DataError
 
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():

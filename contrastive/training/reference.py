@@ -14,8 +14,10 @@ from typing import Callable
 
 from torch import nn
 
-from .config import ConfigError, EvalConfig, ReferenceConfig
-from .evaluate import EvalTable, evaluate_table, read_eval_table
+from ..errors import ConfigError
+from ..config import EvalConfig, ReferenceConfig
+from ..data.eval_table import EvalTable, read_eval_table
+from ..evaluation.evaluate import evaluate_table
 
 HIGHER_IS_BETTER = re.compile(r"(image|text)_retrieval_recall@\d+|caption_ranking_acc1|acc1|acc5|mean_per_class_recall")
 

@@ -1,10 +1,10 @@
 """Training-speed benchmark against OpenCLIP: one command, no interaction.
 
-    python scripts/bench.py                       # CPU: the tiny config, every step variant vs OpenCLIP
-    python scripts/bench.py --data data/shapes/train.csv   # end to end: real images through the loader
-    python scripts/bench.py --compile             # add torch.compile'd contenders (slow to compile on CPU)
-    python scripts/bench.py                       # on a GPU: ViT-B/32 b512 and ViT-B/16 b256 (bf16, compiled too)
-    python scripts/bench.py --specs b32,b16,l14   # add ViT-L/14 b128
+    python -m scripts.bench                       # CPU: the tiny config, every step variant vs OpenCLIP
+    python -m scripts.bench --data data/shapes/train.csv   # end to end: real images through the loader
+    python -m scripts.bench --compile             # add torch.compile'd contenders (slow to compile on CPU)
+    python -m scripts.bench                       # on a GPU: ViT-B/32 b512 and ViT-B/16 b256 (bf16, compiled too)
+    python -m scripts.bench --specs b32,b16,l14   # add ViT-L/14 b128
 
 Prints JSON and appends a markdown table to docs/benchmarks.md (section "## Training speed"). OpenCLIP is the
 optional `bench` extra (`pip install -e .[bench]`); it runs twice, as its training script builds AdamW (torch's
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()[0]
     reports = [bench_spec(s, args, device) for s in specs]
     machine = f"{B.machine_description(device)}, load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
-    command = "python scripts/bench.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python -m scripts.bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     report = {"machine": machine, "command": command.strip(), "reports": reports}
     print(json.dumps(report, indent=1))
     if args.json:

@@ -9,7 +9,7 @@ The reference is OpenCLIP's own `open_clip_train.data.CsvDataset` (in the open_c
 `image_transform(size, is_train=True)` (PIL RandomResizedCrop(0.9, 1.0), bicubic; convert; ToTensor; Normalize) and
 its tokenizer. Needs `pip install ".[bench]"`.
 
-    python scripts/bench_data.py --images 1024 --source-size 640x480 --size 224 --workers 2
+    python -m scripts.bench_data --images 1024 --source-size 640x480 --size 224 --workers 2
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def main() -> None:
             print(f"round {r + 1} {name:24s} {results[name][-1]:8.1f} images/s", flush=True)
     base = statistics.median(results["openclip"])
     print(f"\nMachine: {machine()}, load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end. "
-          f"Command: `python scripts/bench_data.py {' '.join(shlex.quote(a) for a in sys.argv[1:])}`")
+          f"Command: `python -m scripts.bench_data {' '.join(shlex.quote(a) for a in sys.argv[1:])}`")
     print(f"\n| pipeline | images/s (median of {args.rounds}) | vs OpenCLIP |\n|---|---|---|")
     for name, values in results.items():
         m = statistics.median(values)

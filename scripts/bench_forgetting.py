@@ -1,8 +1,8 @@
 """Fine-tuning without forgetting, measured: start from a model trained with the default recipe on the bundled shapes
 set, fine-tune it on the icons benchmark, and score what each remedy keeps of shapes against what it gains on icons.
 
-    python scripts/bench_forgetting.py ../bench-data/icons                 # everything (the start included)
-    python scripts/bench_forgetting.py ../bench-data/icons --start runs/start     # reuse a trained start
+    python -m scripts.bench_forgetting ../bench-data/icons                 # everything (the start included)
+    python -m scripts.bench_forgetting ../bench-data/icons --start runs/start     # reuse a trained start
 
 The icons data is built by `python ../shared/bench/icons/prepare.py ../bench-data/icons`. The start is trained with
 `configs/shapes_tiny.yaml` as it stands (300 steps; `--start-steps` shortens it) or given with `--start`. Each
@@ -213,7 +213,7 @@ def markdown(a, judged: dict[str, dict], start: dict, seconds: dict[str, float],
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     argv = " ".join(shlex.quote(x) for x in sys.argv[1:])
     lines = [f"### shapes → icons ({when})", "",
-             f"`python scripts/bench_forgetting.py {argv}` on {machine_description(torch.device('cpu'))}; "
+             f"`python -m scripts.bench_forgetting {argv}` on {machine_description(torch.device('cpu'))}; "
              f"{a.steps} fine-tuning steps at batch {a.batch_size} per run; percent. kept: reference t→i R@1 over "
              "the start's; gain: target t→i R@10 gained over the start's, as a share of full fine-tuning's.", "",
              "| method | reference t→i R@1 | i→t R@1 | kept | target t→i R@1 | t→i R@10 | gain (of full's) | both ≥ 90% |",

@@ -8,7 +8,7 @@ Each (batch, micro-batch) point runs in its own process. Reported per point:
   torch.cuda.max_memory_allocated on CUDA.
 Synthetic inputs, AdamW steps, fp32 unless --precision.
 
-    python scripts/bench_gradcache.py --batch 64 256 --micro 0 16 --steps 2
+    python -m scripts.bench_gradcache --batch 64 256 --micro 0 16 --steps 2
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Peak memory and time of a contrastive loss forward + backward: plain vs exact tiled (vs OpenCLIP's ClipLoss).
 
-    python scripts/bench_loss.py --device cpu --dim 256 --batch-sizes 1024,4096,8192,16384,65536 \\
+    python -m scripts.bench_loss --device cpu --dim 256 --batch-sizes 1024,4096,8192,16384,65536 \\
         --chunk-size 1024 --max-memory-gb 4.5 --threads 1 --output docs/benchmarks.md
 
 On CPU every measurement runs in a forked child process that resets its peak resident set just before the
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     result = table(rows, args)
     print(result)
     if args.output:
-        command = "python scripts/bench_loss.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        command = "python -m scripts.bench_loss " + " ".join(sys.argv[1:] if argv is None else argv)
         header = (f"### {args.loss} loss, {args.device}: {machine(args.device)}, torch {torch.__version__} "
                   f"({datetime.date.today().isoformat()})\n\n`{command}`\n")
         append_to_doc(args.output, header + "\n" + result)

@@ -1,8 +1,8 @@
 """CPU images/s of the image encoder on torch and on onnxruntime (the `contrastive export --format onnx` graphs), and
 of `contrastive embed` over a table with each, measured side by side.
 
-    python scripts/bench_onnx.py                          # the default recipe's model (configs/shapes_tiny.yaml)
-    python scripts/bench_onnx.py --checkpoint runs/<run> --batch 64 --rounds 7 --threads 2
+    python -m scripts.bench_onnx                          # the default recipe's model (configs/shapes_tiny.yaml)
+    python -m scripts.bench_onnx --checkpoint runs/<run> --batch 64 --rounds 7 --threads 2
 
 The two runtimes alternate within every round (which goes first alternates too), so load from other jobs falls on
 both alike; medians over rounds and the median of the per-round ratios are reported. Prints a Markdown section for
@@ -124,7 +124,7 @@ def main() -> None:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    command = "python scripts/bench_onnx.py " + " ".join(sys.argv[1:])
+    command = "python -m scripts.bench_onnx " + " ".join(sys.argv[1:])
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"### ONNX: image encoder, {cfg.image_encoder} {cfg.image_size} px, batch {args.batch}, {args.threads} "
           f"threads ({when})\n")

@@ -1,9 +1,9 @@
 """How much a recipe learns: this toolkit against the OpenCLIP peer on a real image-caption benchmark, one command.
 
-    python scripts/bench_quality.py ../bench-data/icons                       # default recipe vs OpenCLIP, seed 0
-    python scripts/bench_quality.py ../bench-data/icons --seeds 0 1 --peer-lr 5e-4
-    python scripts/bench_quality.py ../bench-data/glyphs --config configs/best_small.yaml --seeds 0 1
-    python scripts/bench_quality.py DIR --config C optim.lr=5e-4 --no-peer   # a recipe alone (dotted overrides)
+    python -m scripts.bench_quality ../bench-data/icons                       # default recipe vs OpenCLIP, seed 0
+    python -m scripts.bench_quality ../bench-data/icons --seeds 0 1 --peer-lr 5e-4
+    python -m scripts.bench_quality ../bench-data/glyphs --config configs/best_small.yaml --seeds 0 1
+    python -m scripts.bench_quality DIR --config C optim.lr=5e-4 --no-peer   # a recipe alone (dotted overrides)
 
 DIR holds `train.csv` and `test.csv` (columns `image`, relative to the CSV, and `caption`; row i's caption names row
 i's image). Both contenders train on train.csv for the same epochs (the toolkit: its config's, or --epochs for
@@ -233,7 +233,7 @@ def markdown(a, data: Path, results: dict[str, list[dict]], toolkit_label: str, 
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     argv = " ".join(shlex.quote(x) for x in sys.argv[1:])
     lines = [f"### {data.name}: {toolkit_label} vs {peer_label or '-'} ({when})", "",
-             f"`python scripts/bench_quality.py {argv}` on {machine()}; mean over each contender's seeds, percent.", "",
+             f"`python -m scripts.bench_quality {argv}` on {machine()}; mean over each contender's seeds, percent.", "",
              "| contender | seeds | epochs | train s (median) | train t→i R@1 | test t→i R@1 | test t→i R@5 | test t→i R@10 | "
              "test i→t R@1 | test i→t R@10 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     means = {label: mean_over_seeds(runs) for label, runs in results.items()}

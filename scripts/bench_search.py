@@ -8,9 +8,9 @@
    p50/p99 (k=10), recall@10 against the exact top 10 of `torch.topk` over the same matrix (the brute-force row
    is that reference, timed the same way). HNSW is built up to `--hnsw-max` vectors (its build is the slow one).
 
-    python scripts/bench_search.py                       # prints the markdown tables
-    python scripts/bench_search.py --skip-index          # embedding only
-    python scripts/bench_search.py --skip-embed --threads 1 --sizes 10000
+    python -m scripts.bench_search                       # prints the markdown tables
+    python -m scripts.bench_search --skip-index          # embedding only
+    python -m scripts.bench_search --skip-embed --threads 1 --sizes 10000
 """
 
 from __future__ import annotations

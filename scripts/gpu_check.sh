@@ -58,17 +58,17 @@ for p in $PARTS; do
   case $p in
     bench)
       # bench.py adds default+compile and OpenCLIP compiled on CUDA
-      part bench 330 $PY scripts/bench.py --device $DEV --specs $SPECS $BENCH_ARGS \
+      part bench 330 $PY -m scripts.bench --device $DEV --specs $SPECS $BENCH_ARGS \
         --json "$OUT/bench.json" --markdown "$OUT/bench.md" ;;
     captions)
-      part captions 240 $PY scripts/bench.py --device $DEV --specs $CAPTION_SPEC $BENCH_ARGS --caption-lengths 8-40 \
+      part captions 240 $PY -m scripts.bench --device $DEV --specs $CAPTION_SPEC $BENCH_ARGS --caption-lengths 8-40 \
         --json "$OUT/captions.json" --markdown "$OUT/captions.md" ;;
     loss)
-      part loss 150 $PY scripts/bench_loss.py --device $DEV $LOSS_ARGS --output "$OUT/loss.md" ;;
+      part loss 150 $PY -m scripts.bench_loss --device $DEV $LOSS_ARGS --output "$OUT/loss.md" ;;
     gradcache)
-      part gradcache_plain 60 $PY scripts/bench_gradcache.py --device $DEV --precision $GC_PRECISION $GC_PLAIN \
+      part gradcache_plain 60 $PY -m scripts.bench_gradcache --device $DEV --precision $GC_PRECISION $GC_PLAIN \
         --steps 3 $GC_MODEL
-      part gradcache_big 150 $PY scripts/bench_gradcache.py --device $DEV --precision $GC_PRECISION $GC_BIG \
+      part gradcache_big 150 $PY -m scripts.bench_gradcache --device $DEV --precision $GC_PRECISION $GC_BIG \
         --steps 1 $GC_MODEL loss.chunk_size=$GC_CHUNK ;;
     cudatests)
       part cudatests 120 $PY -m pytest -q -rs tests/test_prefetch.py tests/test_metrics.py ;;

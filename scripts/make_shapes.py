@@ -5,7 +5,7 @@ the objects' attributes (shape, colour, size, position on a 3x3 grid), so rankin
 meaningful and compositional: telling "a small red circle in the top left" from "a small red circle in the bottom
 right" needs position, not just colour or shape. Only PIL and numpy are needed.
 
-    python scripts/make_shapes.py --output data/shapes --train 2000 --val 400 --size 64 --seed 0 --format jpg
+    python -m scripts.make_shapes --output data/shapes --train 2000 --val 400 --size 64 --seed 0 --format jpg
 
 Writes, under ``--output``:
     images/{train,val}/NNNNN.<ext>   RGB images, ``size`` x ``size``

@@ -1,6 +1,6 @@
 """Rank candidate captions for images with a trained model; the same as `contrastive rank`.
 
-    python scripts/rank_captions.py --checkpoint runs/<run> --image img.jpg --captions "a red circle" "a blue square"
+    python -m scripts.rank_captions --checkpoint runs/<run> --image img.jpg --captions "a red circle" "a blue square"
 """
 
 import sys

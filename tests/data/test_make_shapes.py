@@ -160,7 +160,7 @@ def test_rendered_objects_sit_in_their_cell_with_their_colour() -> None:
 def test_shipped_set_matches_the_documented_command(tmp_path: Path) -> None:
     """data/shapes is what ``make_shapes.py`` with default arguments writes; its text files are byte-identical and
     its images decode to the same pixels (up to JPEG decoder rounding across library versions)."""
-    assert SHIPPED.is_dir(), "data/shapes is missing; run: python scripts/make_shapes.py"
+    assert SHIPPED.is_dir(), "data/shapes is missing; run: python -m scripts.make_shapes"
     make_shapes.main(["--output", str(tmp_path)])
     for name in ("train.csv", "val.csv", "val_multi.jsonl", "classes_shape.txt", "classes_color.txt",
                  "classes_size.txt", "classes_position.txt"):

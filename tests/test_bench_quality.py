@@ -40,8 +40,27 @@ def test_markdown_goes_into_its_own_section(tmp_path):
     assert text.count("## Learning quality") == 1 and text.endswith("y\n")
 
 
-def test_a_toolkit_run_is_trained_scored_and_reported(tmp_path):
-    data = tmp_path / "bench"
+def test_validation_holds_out_whole_captions_stably():
+    paths = [f"img{i}.png" for i in range(400)]
+    captions = [f"name {i // 2}" for i in range(400)]  # two images per name
+    parts = bq.split_train(paths, captions, 0.1)
+    train_names, val_names = set(parts["train"][1]), set(parts["val"][1])
+    assert not train_names & val_names  # an item's images are all on one side
+    assert 10 <= len(val_names) <= 30  # about 10% of 200 names
+    assert bq.split_train(paths, captions, 0.1) == parts  # the same items every time
+    assert "val" not in bq.split_train(paths, captions, 0.0)
+
+
+def test_time_to_reach_interpolates_and_choose_uses_validation():
+    curve = [{"seconds": 10, "test": {"t2i_R@1": 2.0}}, {"seconds": 20, "test": {"t2i_R@1": 6.0}}]
+    assert bq.seconds_to_reach(curve, 4.0) == 15.0 and bq.seconds_to_reach(curve, 1.0) == 5.0
+    assert bq.seconds_to_reach(curve, 7.0) is None
+    runs = [{"val": {"t2i_R@1": 3.0, "t2i_R@10": 9.0}}, {"val": {"t2i_R@1": 3.0, "t2i_R@10": 12.0}},
+            {"val": {"t2i_R@1": 2.0, "t2i_R@10": 30.0}}]
+    assert bq.choose(runs) is runs[1]
+
+
+def colour_benchmark(data):
     data.mkdir()
     colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "black": (0, 0, 0)}
     for split in ("train", "test"):
@@ -52,15 +71,39 @@ def test_a_toolkit_run_is_trained_scored_and_reported(tmp_path):
                 Image.new("RGB", (16, 16), tuple(min(255, c + 10 * j) for c in rgb)).save(data / path)
                 rows.append(f"{path},{name} square {j}")
         (data / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return data
+
+
+def test_a_toolkit_run_is_trained_scored_and_reported(tmp_path):
+    data = colour_benchmark(tmp_path / "bench")
     md = tmp_path / "bench.md"
     bq.main([str(data), "model.image_size=16", "model.image_encoder_args={layers: 1}", "model.text_encoder_args={layers: 1}",
-             "train.batch_size=8", "data.num_workers=0", "data.persistent_workers=false", "--epochs", "4",
-             "--curve-every", "2", "--no-peer", "--work", str(tmp_path / "work"), "--output", str(md),
-             "--plot", str(tmp_path / "curve.png")])
+             "train.batch_size=4", "data.num_workers=0", "data.persistent_workers=false", "--epochs", "4",
+             "--curve-every", "2", "--no-peer", "--val-fraction", "0.2", "--work", str(tmp_path / "work"),
+             "--output", str(md), "--plot", str(tmp_path / "curve.png")])
     results = json.loads((tmp_path / "work" / "results.json").read_text())
-    (run,) = results["shapes_tiny"]
-    assert run["epochs"] == 4 and [p["epoch"] for p in run["curve"]] == [2, 4]  # 16 rows / 8 = 2 steps an epoch
-    assert set(run["test"]) == {f"{d}_R@{k}" for d in ("t2i", "i2t") for k in (1, 5, 10)}
+    (run,) = results["runs"]["shapes_tiny"]
+    fit = (tmp_path / "work" / "train_fit.csv").read_text().splitlines()[1:]
+    assert 8 <= len(fit) < 16 and len(run["curve"]) == 2 and run["epochs"] == 4  # some rows held out for validation
+    assert set(run["test"]) == {f"{d}_R@{k}" for d in ("t2i", "i2t") for k in (1, 5, 10)} and "val" in run
     assert run["test"]["t2i_R@10"] == 100.0  # 4 test rows: every one is within the top 10
     assert (tmp_path / "curve.png").stat().st_size > 1000
-    assert "| shapes_tiny | 0 | 4 |" in md.read_text()
+    assert "| shapes_tiny | 0.001 / 100 | 0 | 4 |" in md.read_text()
+
+
+def test_the_tuned_peer_path_trains_openclip_and_compares(tmp_path):
+    """A few real steps of OpenCLIP's own entry point beside the toolkit, scored by the same code, with the
+    time-to-accuracy lines."""
+    data = colour_benchmark(tmp_path / "bench")
+    md = tmp_path / "bench.md"
+    bq.main([str(data), "model.image_size=16", "model.image_encoder_args={layers: 1}", "model.text_encoder_args={layers: 1}",
+             "train.batch_size=4", "data.num_workers=0", "data.persistent_workers=false", "--epochs", "2",
+             "--curve-every", "1", "--val-fraction", "0.2", "--peer-warmup", "2", "--work", str(tmp_path / "work"),
+             "--output", str(md), "--plot", str(tmp_path / "curve.png")])
+    results = json.loads((tmp_path / "work" / "results.json").read_text())
+    (peer,) = results["runs"]["OpenCLIP"]
+    assert peer["setting"] == {"lr": 5e-4, "warmup": 2} and [p["epoch"] for p in peer["curve"]] == [1, 2]
+    assert 0 <= peer["test"]["t2i_R@1"] <= 100 and peer["test"]["t2i_R@10"] == 100.0
+    text = md.read_text()
+    assert "| OpenCLIP | 0.0005 / 2 | 0 | 2 |" in text and "Ratios to the tuned peer's mean" in text
+    assert "(b) the toolkit" in text

@@ -21,6 +21,7 @@ INLINE_CODE = re.compile(r"(`+)(.+?)\1", re.S)
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 # a path that starts at configs/ or scripts/: not preceded by a path character, so `../scripts/x` is not one
 REPO_PATH = re.compile(r"(?<![\w./-])((?:configs|scripts)/[\w./{},*-]*)")
+SCRIPT_MODULE = re.compile(r"(?<![\w.])scripts\.(\w+)")  # `python -m scripts.bench` runs scripts/bench.py
 
 
 def prose(text: str) -> str:
@@ -65,9 +66,11 @@ def broken_links(page: Path, root: Path = ROOT) -> list[str]:
 
 
 def missing_paths(page: Path, root: Path = ROOT) -> list[str]:
-    """The `configs/...` and `scripts/...` paths named in `page` (code included) that do not exist."""
+    """The `configs/...` and `scripts/...` paths and `scripts.<name>` modules named in `page` (code included) that
+    do not exist."""
+    text = page.read_text()
     bad = []
-    for name in REPO_PATH.findall(page.read_text()):
+    for name in [*REPO_PATH.findall(text), *(f"scripts/{m}.py" for m in SCRIPT_MODULE.findall(text))]:
         name = name.rstrip(".,;:")
         if any(c in name for c in "{}*"):
             found = any(root.glob(re.sub(r"\{[^}]*\}", "*", name)))
@@ -111,9 +114,10 @@ def test_checks_catch_breakage(tmp_path):
     page.write_text("[ok](other.md#some-heading-a_b--here) [ok](other.md#repeated-1) [ok](#top) [bad](missing.md)\n"
                     "[bad](other.md#not-a-heading) [bad](../outside.md) `[code](missing.md)`\n\n"
                     "```\n[code](missing.md)\n```\n\n# Top\n\n"
-                    "`scripts/bench.py` and `scripts/no_such_script.py`, `../scripts/outside.py`\n")
+                    "`scripts/bench.py` and `scripts/no_such_script.py`, `../scripts/outside.py`\n"
+                    "`python -m scripts.bench`, `python -m scripts.no_such_module`\n")
     assert broken_links(page, repo) == [
         "missing.md (no such file in the repository)",
         "other.md#not-a-heading (no heading #not-a-heading in other.md)",
         "../outside.md (no such file in the repository)"]
-    assert missing_paths(page, repo) == ["scripts/no_such_script.py"]
+    assert missing_paths(page, repo) == ["scripts/no_such_script.py", "scripts/no_such_module.py"]

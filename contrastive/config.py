@@ -104,6 +104,7 @@ class DataConfig:
     trim_padding: bool = True  # pad each batch's captions to its longest (rounded up to 8), not the context length
     shuffle_buffer: int = 1000  # webdataset: samples in the shuffle buffer of each worker
     samples_per_epoch: int = 0  # webdataset: samples per epoch (0 = counted from local shards; needed for remote ones)
+    resampled: bool = False  # webdataset: each worker draws shards with replacement from all of them (open-ended runs)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -47,6 +47,15 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
     return box[0]
 
 
+def all_gather_object(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's `obj`, in rank order (a collective: every rank calls it)."""
+    if not info.enabled:
+        return [obj]
+    parts: list[Any] = [None] * info.world_size
+    dist.all_gather_object(parts, obj)
+    return parts
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -148,6 +148,9 @@ class TrainData:
         self.tracker = BadSampleTracker(data_cfg.on_bad_sample, data_cfg.max_bad_fraction, data_cfg.bad_check_after)
         self.num_truncated = 0
         self.num_captions = 0
+        # shard streams: stream -> (epoch, batch, raw samples taken) of its last batch seen, for a resume that skips
+        # without reading (see data.shards)
+        self.cursors: dict[int, tuple[int, int, int]] = {}
         self._loader: DataLoader | None = None
         if isinstance(self.dataset, ImageTextDataset) and self.num_samples:
             self.check_usable()
@@ -171,7 +174,7 @@ class TrainData:
     def _loader_at(self, epoch: int, start_batch: int) -> DataLoader:
         opts = loader_options(self.cfg)
         if hasattr(self.dataset, "set_position"):  # a stream: workers hold a copy, so a new loader each epoch
-            self.dataset.set_position(epoch, start_batch)
+            self.dataset.set_position(epoch, start_batch, self.cursors)
             opts["persistent_workers"] = False
             return DataLoader(self.dataset, batch_size=None, **opts)
         if self._loader is None or not opts["persistent_workers"]:
@@ -195,6 +198,8 @@ class TrainData:
         if batch.pop("failed", 0):
             raise DataError(f"{MAX_TRIES} draws in a row found only bad samples ({self.tracker.describe()}); check data.train")
         self.num_truncated += batch.pop("num_truncated", 0)
+        if (cursor := batch.pop("stream_cursor", None)) is not None:
+            self.cursors[cursor[0]] = tuple(cursor[1:])
         self.num_captions += len(batch.get("captions", ()))
 
     def postfix(self) -> dict[str, str]:
@@ -205,8 +210,15 @@ class TrainData:
         return {**self.tracker.summary(), "truncated_captions": self.num_truncated, "captions_seen": self.num_captions}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"bad": self.tracker.state_dict(), "num_truncated": self.num_truncated, "num_captions": self.num_captions}
+        return {"bad": self.tracker.state_dict(), "num_truncated": self.num_truncated, "num_captions": self.num_captions,
+                "stream_cursors": {s: list(c) for s, c in self.cursors.items()}}
+
+    def merge_cursors(self, parts: list[dict[int, tuple[int, int, int]]]) -> None:
+        """Take every rank's stream cursors (each rank sees only its own streams), so one checkpoint holds them all."""
+        for part in parts:
+            self.cursors.update(part)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.tracker.load_state_dict(state["bad"])
         self.num_truncated, self.num_captions = int(state["num_truncated"]), int(state["num_captions"])
+        self.cursors = {int(s): tuple(int(v) for v in c) for s, c in state.get("stream_cursors", {}).items()}

@@ -28,6 +28,7 @@ from ..data import TrainData, build_transform, read_records
 from ..data.prefetch import device_batches
 from ..distributed import (
     DistInfo,
+    all_gather_object,
     all_reduce_mean,
     barrier,
     broadcast_object,
@@ -344,6 +345,8 @@ class ContrastiveRecipe:
     def save_checkpoint(self) -> None:
         """Write a checkpoint of this step (the main process; a sharded model is gathered on every rank first)."""
         self.sync_guard()
+        if self.info.enabled:  # each rank knows where its own shard streams stand; the checkpoint keeps them all
+            self.train_data.merge_cursors(all_gather_object(self.train_data.cursors, self.info))
         weights, optimizer_state = gather_model_state(self.model, self.optimizer)
         if self.info.is_main:
             p = self.progress

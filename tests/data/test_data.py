@@ -5,7 +5,6 @@ import csv
 import io
 import json
 import subprocess
-import tarfile
 
 import datasets
 import numpy as np
@@ -36,6 +35,7 @@ from contrastive.training.recipe import train
 from tests.conftest import PYTHON, ROOT, subprocess_env
 from tests.helpers.overrides import FAST
 from contrastive.evaluation.plots import read_metrics
+from tests.helpers.shards import write_shards
 
 SHAPES = ROOT / "data/shapes"
 GOOD = [row[:2] for row in csv.reader((SHAPES / "train.csv").read_text().splitlines()[1:])]
@@ -332,23 +332,6 @@ def test_hf_imagefolder_trains(tmp_path, bad_files):
     run = train(tiny(tmp_path, f"data.train={tmp_path / 'folder'}", "train.batch_size=32", "train.max_steps=2",
                      "data.bad_check_after=0", "data.max_bad_fraction=0.5"))
     assert json.loads((run / "summary.json").read_text())["data"]["bad_samples"] == {"corrupt_image": 1}
-
-
-def write_shards(folder, n_shards, per_shard, bad_in_first=False):
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = iter(_rows(n_shards * per_shard))
-    for s in range(n_shards):
-        with tarfile.open(folder / f"shard-{s:02d}.tar", "w") as tar:
-            for i in range(per_shard):
-                path, cap = next(rows)
-                members = {"jpg": path.read_bytes(), "txt": cap.encode()}
-                if bad_in_first and s == 0 and i == 1:
-                    members["jpg"] = b"garbage"
-                for ext, data in members.items():
-                    info = tarfile.TarInfo(f"s{s:02d}/{i:04d}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-    return str(folder / f"shard-{{00..{n_shards - 1:02d}}}.tar")
 
 
 def _stream_ids(pattern, world_size, workers, start_batch=0, batch_size=8):

@@ -1,0 +1,94 @@
+"""Samples per shard without opening the shards: a small index file beside them.
+
+`<shard folder>/.contrastive-shards.json` maps each shard's file name to `[size, mtime_ns, samples]`; an entry
+counts only while the shard's size and modification time (one `stat`, no open) still match, so a rewritten,
+replaced or added shard is counted again (from its tar headers) and the index updated. When the folder is not
+writable the index goes to the cache folder (`$XDG_CACHE_HOME/contrastive/shard-counts/`, keyed by the folder's
+path). A `sizes.json` beside the shards (OpenCLIP's convention: `{file name: samples}`) is read too, for shards the
+index does not hold; it carries no sizes or times, so it is trusted as it stands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+INDEX_NAME = ".contrastive-shards.json"
+SIZES_NAME = "sizes.json"
+FORMAT_VERSION = 1
+
+
+def shard_counts(paths: list[str], count: Callable[[str], int]) -> list[int]:
+    """Samples of each local shard in `paths` (in order): from the index when it is current, else `count(path)`
+    (then written to the index). Shards of several folders keep one index per folder."""
+    counts: dict[str, int] = {}
+    by_folder: dict[Path, list[str]] = {}
+    for p in paths:
+        by_folder.setdefault(Path(p).resolve().parent, []).append(p)
+    for folder, members in by_folder.items():
+        counts.update(_folder_counts(folder, members, count))
+    return [counts[p] for p in paths]
+
+
+def _folder_counts(folder: Path, paths: list[str], count: Callable[[str], int]) -> dict[str, int]:
+    indexes = [_read_index(path) for path in index_paths(folder)]  # beside the shards, in the cache
+    index = indexes[0] or indexes[1]
+    sizes = _read_json(folder / SIZES_NAME)
+    counts, changed = {}, False
+    for p in paths:
+        name, st = Path(p).name, os.stat(p)
+        found = [e[2] for e in (i.get(name) for i in indexes)
+                 if isinstance(e, list) and len(e) == 3 and e[:2] == [st.st_size, st.st_mtime_ns]]
+        if found:
+            counts[p] = int(found[0])
+            continue
+        if isinstance(sizes.get(name), int):
+            counts[p] = sizes[name]
+            continue
+        counts[p] = count(p)
+        index[name] = [st.st_size, st.st_mtime_ns, counts[p]]
+        changed = True
+    if changed:
+        _write_index(folder, index)
+    return counts
+
+
+def index_paths(folder: Path) -> list[Path]:
+    """Where the index of `folder` may be: beside the shards, then in the cache folder."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "contrastive" / "shard-counts"
+    key = hashlib.blake2b(str(folder).encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    return [folder / INDEX_NAME, cache / f"{key}.json"]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # absent, unreadable or half-written: counted again
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_index(path: Path) -> dict:
+    data = _read_json(path)
+    shards = data.get("shards") if data.get("format") == FORMAT_VERSION else None
+    return shards if isinstance(shards, dict) else {}
+
+
+def _write_index(folder: Path, shards: dict) -> None:
+    """Write atomically (ranks and workers may write the same index at once); beside the shards, else in the cache;
+    an index that cannot be written anywhere only costs a count at the next start."""
+    text = json.dumps({"format": FORMAT_VERSION, "shards": shards}, separators=(",", ":"))
+    for path in index_paths(folder):
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+            return
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)

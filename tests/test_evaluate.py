@@ -145,6 +145,10 @@ def test_eval_cli_retrieval_json_multi_caption(tiny_run, tmp_path, capsys):
     assert main(["eval", "--task", "retrieval", "--checkpoint", str(tiny_run), "--data", str(subset)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["task"] == "retrieval" and result["dataset"] == f"{tmp_path.name}/val_multi48"
+    speed = result["throughput"]  # every image and caption embedded once, the time split between decode and forward
+    assert speed["images"] == 48 and speed["texts"] == sum(len(r["captions"]) for r in rows)
+    parts = speed["decode_s"] + speed["image_forward_s"] + speed["text_s"]
+    assert speed["images_per_s"] > 0 and 0 < parts <= speed["wall_s"] + 0.02  # (each rounded to 0.01 s)
     assert METRIC_KEYS <= set(result["metrics"])
     assert {"image_retrieval_median_rank", "text_retrieval_mean_rank"} <= set(result["metrics"])
     # the "captions" list was picked up: three captions per image enter the distinct-caption chance

@@ -27,6 +27,7 @@ at 1/8 scale to tell good from bad. Resume with the same world size and num_work
 
 from __future__ import annotations
 
+import os
 import tarfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -52,7 +53,7 @@ def expand_shards(pattern: str) -> list[str]:
 
     urls = [u for part in pattern.split("::") for u in braceexpand(part)]
     local = [u for u in urls if not _is_remote(u)]
-    missing = [u for u in local if not Path(u).is_file()]
+    missing = [u for u in local if not os.path.isfile(u)]
     if missing:
         raise DataError(f"{len(missing)} of {len(urls)} shards not found, e.g. {missing[0]}")
     return urls

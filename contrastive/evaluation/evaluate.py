@@ -3,6 +3,7 @@ its embeddings, and the CLIP_benchmark-shaped result record the `eval` command p
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
@@ -13,7 +14,7 @@ from ..data.eval_table import EvalTable, label_indices, read_eval_table
 from ..data.sources import Record
 from ..errors import CheckpointError, DataError
 from ..model import ContrastiveModel
-from .embedding import embed_images, embed_texts
+from .embedding import Throughput, embed_images, embed_texts
 
 
 def caption_ranking_accuracy(image_embeds: torch.Tensor, text_embeds: torch.Tensor, captions: list[str],
@@ -32,14 +33,14 @@ def caption_ranking_accuracy(image_embeds: torch.Tensor, text_embeds: torch.Tens
 def evaluate_records(model: ContrastiveModel, records: list[Record], preprocess: Callable, tokenizer: Callable, *,
                      tasks: Sequence[str] = ("retrieval",), class_key: str = "", classnames: list[str] | None = None,
                      templates: list[str] | None = None, batch_size: int = 256, device: torch.device | str = "cpu",
-                     precision: str = "fp32") -> dict[str, float]:
-    """Metrics of `tasks` on one held-out table, embedding each image once.
+                     precision: str = "fp32", timing: Throughput | None = None) -> dict[str, float]:
+    """Metrics of `tasks` on one held-out table, embedding each image once (`timing`: see `embed_images`).
 
     "retrieval": recall@1/5/10 both ways and ranks (all captions of an image count), plus top-1 caption ranking over
     the distinct captions. "zeroshot": acc1 (acc5 with >= 5 classes) and mean per-class recall, the class of each
     record read from its `class_key` column (see `zero_shot_evaluate` for classnames/templates).
     """
-    from .metrics import retrieval_metrics
+    from .metrics import block_rows, retrieval_metrics
 
     unknown = set(tasks) - {"retrieval", "zeroshot"}
     if unknown:
@@ -47,19 +48,24 @@ def evaluate_records(model: ContrastiveModel, records: list[Record], preprocess:
     was_training = model.training
     model.eval()
     try:
-        image_embeds = embed_images(model, [r.image for r in records], preprocess, batch_size=batch_size, device=device, precision=precision)
+        image_embeds = embed_images(model, [r.image for r in records], preprocess, batch_size=batch_size, device=device,
+                                    precision=precision, timing=timing)
         metrics: dict[str, float] = {}
         if "retrieval" in tasks:
             texts, owners = [], []
             for i, r in enumerate(records):
                 texts += r.captions
                 owners += [i] * len(r.captions)
-            text_embeds = embed_texts(model, texts, tokenizer, batch_size=batch_size, device=device, precision=precision)
-            metrics.update(retrieval_metrics(image_embeds, text_embeds, torch.tensor(owners, device=text_embeds.device)))
+            text_embeds = embed_texts(model, texts, tokenizer, batch_size=batch_size, device=device, precision=precision,
+                                      timing=timing)
+            metrics.update(retrieval_metrics(image_embeds, text_embeds, torch.tensor(owners, device=text_embeds.device),
+                                             chunk_size=block_rows(max(len(records), len(texts)))))
             distinct = sorted(set(texts))
             index = {t: i for i, t in enumerate(texts)}
             distinct_embeds = text_embeds[[index[t] for t in distinct]]
-            metrics["caption_ranking_acc1"] = caption_ranking_accuracy(image_embeds, distinct_embeds, distinct, [set(r.captions) for r in records])
+            metrics["caption_ranking_acc1"] = caption_ranking_accuracy(image_embeds, distinct_embeds, distinct,
+                                                                       [set(r.captions) for r in records],
+                                                                       chunk_size=block_rows(len(distinct)))
             metrics["caption_ranking_chance"] = 1.0 / len(distinct)
         if "zeroshot" in tasks:
             labels = record_labels(records, class_key)
@@ -104,16 +110,17 @@ def zero_shot_evaluate(model: ContrastiveModel, image_embeds: torch.Tensor, labe
 
 def evaluate_table(model: ContrastiveModel, table: EvalTable, preprocess: Callable, tokenizer: Callable, *,
                    batch_size: int = 256, device: torch.device | str = "cpu",
-                   precision: str = "fp32") -> dict[str, float]:
+                   precision: str = "fp32", timing: Throughput | None = None) -> dict[str, float]:
     """The metrics of `table.task` for `model` on `table` (see `evaluate_records` and `zero_shot_evaluate`)."""
     kwargs = dict(batch_size=batch_size, device=device, precision=precision)
     if table.task == "retrieval":
-        return evaluate_records(model, table.records, preprocess, tokenizer, tasks=("retrieval",), **kwargs)
+        return evaluate_records(model, table.records, preprocess, tokenizer, tasks=("retrieval",), timing=timing,
+                                **kwargs)
     was_training = model.training
     model.eval()
     try:
         labels = [str(r.captions[0]) if r.captions else "" for r in table.records]
-        image_embeds = embed_images(model, [r.image for r in table.records], preprocess, **kwargs)
+        image_embeds = embed_images(model, [r.image for r in table.records], preprocess, timing=timing, **kwargs)
         return zero_shot_evaluate(model, image_embeds, labels, tokenizer, classnames=table.classnames,
                                   templates=table.templates, **kwargs)
     finally:
@@ -145,15 +152,18 @@ def evaluate_dataset(checkpoint: str | Path, data: str | Path, task: str, *, ima
                      caption_key: str = "", class_key: str = "", classes_file: str | Path | None = None,
                      templates_file: str | Path | None = None, batch_size: int = 256, device: str = "cpu",
                      precision: str = "fp32", weights: str = "model") -> dict[str, Any]:
-    """Evaluate a checkpoint on a table (see `read_eval_table`) and return a CLIP_benchmark-shaped result record.
-    `weights`: "model" (the trained weights) or "ema" (their moving average, when the run kept one)."""
+    """Evaluate a checkpoint on a table (see `read_eval_table`) and return a CLIP_benchmark-shaped result record,
+    with a "throughput" entry (see `Throughput.report`). `weights`: "model" (the trained weights) or "ema" (their moving average, when the run kept one)."""
     from ..interop.loading import load
 
     table = read_eval_table(data, task, image_key=image_key, caption_key=caption_key, class_key=class_key,
                             classes_file=classes_file, templates_file=templates_file,
                             settings=("--image-key", "--caption-key", "--class-key"))  # (the eval command's options)
     model, preprocess, tokenizer = load(checkpoint, device=device, weights=weights)
+    timing, start = Throughput(), time.perf_counter()
     metrics = evaluate_table(model, table, preprocess, tokenizer, batch_size=batch_size, device=device,
-                             precision=precision)
+                             precision=precision, timing=timing)
     name, weights_path = describe_model(checkpoint)
-    return benchmark_result(table.name, name, weights_path, task, metrics)
+    # beside CLIP_benchmark's fields: the evaluation's speed (model loading excluded) and where its time went
+    return {**benchmark_result(table.name, name, weights_path, task, metrics),
+            "throughput": timing.report(time.perf_counter() - start)}

@@ -56,6 +56,12 @@ def _check_embeddings(name: str, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def block_rows(n_keys: int, budget_bytes: int = 256 << 20, most: int = 4096) -> int:
+    """Query rows per similarity block such that one (rows, n_keys) float32 block stays within `budget_bytes`
+    (100k keys: 671 rows, a 256 MiB block instead of the 40 GB full matrix)."""
+    return max(1, min(most, budget_bytes // (4 * max(n_keys, 1))))
+
+
 def _check_chunk_size(chunk_size: int) -> None:
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")

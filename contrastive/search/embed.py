@@ -16,6 +16,7 @@ import copy
 import hashlib
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -287,21 +288,33 @@ def embed_collection(data: str, output: str | Path, encoder: Encoder, *, image_k
     bar = tqdm(total=len(collection), initial=manifest["next_row"], unit="img", desc="embed", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
     buf = ShardBuffer(manifest["next_row"])
+    speed = {"images": 0, "waiting_s": 0.0, "forward_s": 0.0, "start": time.perf_counter()}
     try:
+        clock = time.perf_counter()
         for rows, batch in zip(plan, loader):
+            speed["waiting_s"] += time.perf_counter() - clock  # the main process idle: decoding is the bottleneck
             tracker.update(batch["loads"], batch["bad"])  # prints the first offenders; DataError past the limit
+            clock = time.perf_counter()
             add_batch(buf, batch, rows, encoder, manifest["collection"]["has_captions"])
+            speed["forward_s"] += time.perf_counter() - clock
+            speed["images"] += len(rows)
             bar.update(len(rows))
             if tracker.total:
                 bar.set_postfix(bad=tracker.total, refresh=False)
             if buf.end % manifest["shard_size"] == 0 or buf.end == len(collection):
                 flush(emb, manifest, buf, tracker)
                 buf = ShardBuffer(buf.end)
+            clock = time.perf_counter()
     finally:  # a stop (max_batches, Ctrl-C, too many bad images) keeps what was embedded
         bar.close()
         if buf.end > buf.start:
             flush(emb, manifest, buf, tracker)
-    return finish(emb, manifest)
+    manifest = finish(emb, manifest)
+    wall = time.perf_counter() - speed.pop("start")
+    # this call's speed (not written to the manifest file): rows/s, and the time spent waiting for the loader's
+    # workers to decode vs in the towers' forward passes
+    manifest["throughput"] = {**speed, "images_per_s": speed["images"] / max(wall, 1e-9), "wall_s": wall}
+    return manifest
 
 
 def finish(emb: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -325,4 +338,12 @@ def summary_line(manifest: dict[str, Any], emb: str | Path) -> str:
                                                       "rerun the same command to continue")
     return (f"embedded {c['embedded']} images" + (f" and {c['captions']} captions" if c["captions"] else "")
             + f" of {c['rows']} rows into {emb} ({manifest['dtype']}, width {manifest['model']['embed_dim']}); "
-            + (f"skipped {c['bad']} bad ({bad}); " if c["bad"] else "") + state)
+            + (f"skipped {c['bad']} bad ({bad}); " if c["bad"] else "") + state + _speed(manifest))
+
+
+def _speed(manifest: dict[str, Any]) -> str:
+    s = manifest.get("throughput")
+    if not s or not s["images"]:
+        return ""
+    return (f"; {s['images']} rows in {s['wall_s']:.1f} s ({s['images_per_s']:.0f} images/s: forward "
+            f"{s['forward_s']:.1f} s, waiting for decoding {s['waiting_s']:.1f} s)")

@@ -14,6 +14,7 @@ import torch
 import contrastive
 from contrastive.evaluation.embedding import embed_images, embed_texts
 from contrastive.search import embed_collection, torch_encoder
+from contrastive.search.embed import summary_line
 from contrastive.search.store import load_vectors, read_manifest
 from tests.conftest import PYTHON, ROOT, subprocess_env
 from tests.search.helpers import run_cli
@@ -35,6 +36,10 @@ def test_embeddings_equal_the_models(tiny_run, small_table, tmp_path):
                                 dtype="float32", shard_size=16, progress=False)
     assert manifest["complete"] and manifest["counts"] == {"rows": 48, "embedded": 48, "captions": 48, "bad": 0}
     assert [s["rows"] for s in manifest["shards"]] == [[0, 20], [20, 40], [40, 48]]  # 16 rounded up to a batch
+    speed = manifest["throughput"]  # this call's speed, not part of the stored manifest
+    assert speed["images"] == 48 and speed["images_per_s"] > 0 and speed["forward_s"] + speed["waiting_s"] <= speed["wall_s"]
+    assert "throughput" not in read_manifest(tmp_path / "emb")
+    assert "48 rows in" in summary_line(manifest, tmp_path / "emb") and "images/s" in summary_line(manifest, "x")
     images, texts, meta = arrays(tmp_path / "emb")
     model, preprocess, tokenizer = contrastive.load(tiny_run)
     table = pd.read_csv(small_table)

@@ -178,3 +178,28 @@ def test_single_process_gather_is_identity():
     x = torch.randn(3, 4, requires_grad=True)
     assert all_gather_with_grad(x, DistInfo()) is x
     assert all_gather_tensor(x, DistInfo()) is x
+
+
+@pytest.mark.slow
+def test_torchrun_shard_resume_keeps_every_ranks_cursor(tmp_path):
+    """Each rank's shard stream reports its own cursor; the checkpoint (written by rank 0) gathers all of them, and a
+    resume from it continues both ranks exactly (the losses of the uninterrupted run)."""
+    from contrastive.interop.checkpoint import load_state
+    from tests.helpers.shards import write_shards
+
+    pattern = write_shards(tmp_path / "shards", 4, 11, bad_in_first=True)
+    shards = [f"data.train={pattern}", "data.shuffle_buffer=5", "data.bad_check_after=0", "train.max_steps=4",
+              "train.save_every_n_steps=2", "train.keep_checkpoints=5"]
+    run(torchrun(*train_cmd(tmp_path / "a", *shards)))
+    full = tmp_path / "a" / "run"
+    cursors = load_state(full / "checkpoints" / "step_00000002")["data"]["stream_cursors"]
+    assert sorted(cursors) == [0, 1]  # rank 1's stream too
+    crashed = tmp_path / "b" / "run"
+    shutil.copytree(full, crashed)
+    for step in (3, 4):
+        shutil.rmtree(crashed / "checkpoints" / f"step_{step:08d}", ignore_errors=True)
+    (crashed / "checkpoints" / "latest").write_text("step_00000002\n")
+    (crashed / "metrics.jsonl").write_text("")
+    run(torchrun(*train_cmd(tmp_path / "b", *shards, "train.resume=true")))
+    got, ref = metrics(crashed), metrics(full)
+    assert sorted(got) == [3, 4] and all(got[s]["loss"] == ref[s]["loss"] for s in (3, 4))

@@ -17,7 +17,7 @@ Resampled (`data.resampled`): each stream draws every next shard with replacemen
 the shards hold) and only marks where the draws are reseeded.
 
 Resume: the position is the batch index in the epoch, as for tables. Each batch carries its stream's cursor (raw
-samples taken, bad ones included), which the checkpoint keeps. A resumed stream replays its order from the cursor
+samples taken, bad ones included), which the checkpoint keeps. A resumed stream replays its order up to the cursor
 and the per-shard counts alone (the shard draws and the shuffle buffer's picks, no reading), then reads only the
 samples still in the buffer and the rest of the current shard, passing over the members before them unread: no
 image already seen is decoded, and the cost does not grow with the position beyond the replay (microseconds a
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import tarfile
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch

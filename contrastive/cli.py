@@ -25,8 +25,19 @@ class Parser(argparse.ArgumentParser):
     block followed by the error."""
 
     def error(self, message: str):
-        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        print(f"{self.prog}: error: {message}{self.suggestion(message)} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
+
+    def suggestion(self, message: str) -> str:
+        """"; did you mean --x?" for an unknown option close to one of this command's own options, else ""."""
+        import difflib
+
+        if not message.startswith("unrecognized arguments: "):
+            return ""
+        unknown = [a.split("=")[0] for a in message.split(": ", 1)[1].split() if a.startswith("--")]
+        options = [o for o in self._option_string_actions if o.startswith("--")]
+        close = difflib.get_close_matches(unknown[0], options, n=1) if unknown else []
+        return f"; did you mean {close[0]}?" if close else ""
 
 
 def int_at_least(low: int) -> Callable[[str], int]:
@@ -42,6 +53,17 @@ def int_at_least(low: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a number, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
 
 
 def device_option(spec: str) -> str:
@@ -248,6 +270,13 @@ def embed_command(argv: list[str]) -> int:
     parser.add_argument("--image-key", default="image", help="image column of a table or dataset")
     parser.add_argument("--caption-key", default="caption", help="caption column (embedded too when present)")
     parser.add_argument("--split", default="train", help="split of an HF dataset folder")
+    parser.add_argument("--root", default=None,
+                        help="folder no image may lead out of (default: the table's, image or dataset folder); "
+                             "rows outside it are skipped as bad, and the search page serves nothing outside it")
+    parser.add_argument("--max-bad-fraction", type=fraction, default=0.1,
+                        help="stop when more than this fraction of images is bad (after 1000)")
+    parser.add_argument("--max-image-pixels", type=int_at_least(1), default=89_478_485,
+                        help="images with more pixels are skipped as decompression bombs")
     parser.add_argument("--shard-size", type=int_at_least(1), default=8192, help="images per stored shard")
     parser.add_argument("--max-batches", type=int_at_least(1), default=None,
                         help="stop after N batches as an interruption would (rerun to continue)")
@@ -266,9 +295,11 @@ def embed_command(argv: list[str]) -> int:
     else:
         encoder = torch_encoder(args.checkpoint, device=args.device, precision=args.precision)
     manifest = embed_collection(args.data, args.output, encoder, image_key=args.image_key,
-                                caption_key=args.caption_key, split=args.split, batch_size=args.batch_size,
-                                workers=args.workers, dtype=args.dtype, shard_size=args.shard_size,
-                                max_batches=args.max_batches, progress=not args.no_progress)
+                                caption_key=args.caption_key, split=args.split, root=args.root,
+                                batch_size=args.batch_size, workers=args.workers, dtype=args.dtype,
+                                shard_size=args.shard_size, max_batches=args.max_batches,
+                                max_pixels=args.max_image_pixels, max_bad_fraction=args.max_bad_fraction,
+                                progress=not args.no_progress)
     print(summary_line(manifest, args.output))
     return 0
 

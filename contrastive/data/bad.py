@@ -26,6 +26,7 @@ REASONS: dict[str, str] = {
     "empty_caption": "empty or whitespace caption",
     "bad_text": "caption is not valid UTF-8 text",
     "missing_columns": "row lacks the image or caption column",
+    "outside_root": "image path leads outside the collection root",
 }
 
 
@@ -61,6 +62,7 @@ class BadSampleTracker:
     max_bad_fraction: float = 0.1
     min_loads: int = 1000  # loads before the fraction is checked (fewer loads give a noisy fraction)
     show_first: int = 5  # offenders printed as they are found
+    setting: str = "data.max_bad_fraction"  # what the limit is called where it was set (a config key, an option)
     loads: int = 0
     skips: int = 0
     counts: dict[str, int] = field(default_factory=dict)
@@ -84,7 +86,7 @@ class BadSampleTracker:
         if self.loads >= self.min_loads and self.skips > self.max_bad_fraction * self.loads:
             raise DataError(
                 f"{self.skips} of {self.loads} samples loaded were bad ({self.skips / self.loads:.1%} > "
-                f"data.max_bad_fraction={self.max_bad_fraction}): {self.describe()}; first: {self.first[0] if self.first else '-'}"
+                f"{self.setting}={self.max_bad_fraction}): {self.describe()}; first: {self.first[0] if self.first else '-'}"
             )
 
     @property

@@ -28,9 +28,10 @@ PIL_MAX_PIXELS = 89_478_485  # Pillow's default decompression-bomb limit (Image.
 _ORIENTATION = 0x0112  # EXIF tag
 
 
-def decode_image(source: str | bytes, max_pixels: int = PIL_MAX_PIXELS, min_side: int = 0) -> Image.Image:
+def decode_image(source: str | bytes, max_pixels: int = PIL_MAX_PIXELS, min_side: int = 0,
+                 setting: str = "data.max_image_pixels") -> Image.Image:
     """Path or encoded bytes -> RGB image. `min_side` > 0 lets JPEG decoding shrink the image by a power of two
-    as long as its shorter side stays >= min_side. Raises BadSample."""
+    as long as its shorter side stays >= min_side. `setting` names `max_pixels` in messages. Raises BadSample."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise BadSample("empty_file")
@@ -38,7 +39,7 @@ def decode_image(source: str | bytes, max_pixels: int = PIL_MAX_PIXELS, min_side
     else:
         fp = _open_image_file(source)
     try:
-        return _decode(fp, max_pixels, min_side)
+        return _decode(fp, max_pixels, min_side, setting)
     finally:
         fp.close()
 
@@ -57,7 +58,7 @@ def _open_image_file(path: str) -> io.BufferedReader:
         raise BadSample("unreadable_file", getattr(e, "strerror", None) or f"{type(e).__name__}: {str(e)[:120]}") from None
 
 
-def _decode(fp, max_pixels: int, min_side: int) -> Image.Image:
+def _decode(fp, max_pixels: int, min_side: int, setting: str) -> Image.Image:
     try:
         pillow_limit = Image.MAX_IMAGE_PIXELS
         try:  # the size check below is ours (data.max_image_pixels): Pillow's own, at twice its limit, is set aside
@@ -68,7 +69,7 @@ def _decode(fp, max_pixels: int, min_side: int) -> Image.Image:
         w, h = img.size
         if w * h > max_pixels:
             img.close()
-            raise BadSample("decompression_bomb", f"{w}x{h} = {w * h:,} pixels > data.max_image_pixels={max_pixels:,}")
+            raise BadSample("decompression_bomb", f"{w}x{h} = {w * h:,} pixels > {setting}={max_pixels:,}")
         if w == 0 or h == 0:
             raise BadSample("corrupt_image", f"size {w}x{h}")
         if min_side and img.format == "JPEG":

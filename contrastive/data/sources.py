@@ -251,8 +251,9 @@ def iter_captions(path: str, caption_key: str = "caption", fmt: str = "",
 # HF datasets
 
 
-def open_hf_dataset(path: str, split: str):
-    """A `save_to_disk` directory, an `imagefolder` directory (metadata.jsonl/csv), or `hf://<name>` on the hub."""
+def open_hf_dataset(path: str, split: str, split_setting: str = "data.split"):
+    """A `save_to_disk` directory, an `imagefolder` directory (metadata.jsonl/csv), or `hf://<name>` on the hub.
+    `split_setting` names the split's setting in messages (a config key, or a command's option)."""
     import datasets  # only HF sources need it
 
     if path.startswith("hf://"):
@@ -264,13 +265,13 @@ def open_hf_dataset(path: str, split: str):
         ds = datasets.load_from_disk(str(p))
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
-                raise DataError(f"{path}: no split '{split}' (splits: {', '.join(ds)}); set data.split")
+                raise DataError(f"{path}: no split '{split}' (splits: {', '.join(ds)}); set {split_setting}")
             ds = ds[split]
         return ds
     if any(p.glob("metadata.jsonl")) or any(p.glob("metadata.csv")) or any(p.glob("*/metadata.*")):
         dd = datasets.load_dataset("imagefolder", data_dir=str(p))
         if split not in dd:
-            raise DataError(f"{path}: no split '{split}' (splits: {', '.join(dd)}); set data.split")
+            raise DataError(f"{path}: no split '{split}' (splits: {', '.join(dd)}); set {split_setting}")
         return dd[split]
     raise DataError(f"{path}: neither a save_to_disk directory (dataset_dict.json/state.json) nor an imagefolder (metadata.jsonl/csv)")
 

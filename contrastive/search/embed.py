@@ -2,7 +2,9 @@
 
 Batched, without gradients, under autocast on a GPU, images decoded by DataLoader workers as training decodes them
 (a bad image is skipped and counted, with the same reasons and limits); shards written atomically as they fill,
-so a relaunch continues after the last shard written and no image is embedded twice.
+so a relaunch continues after the last shard written and no image is embedded twice. Each shard records the
+fingerprint of the rows it covers (`collection.fingerprint`: paths and captions); a relaunch on a collection whose
+rows were reordered or edited since is refused, as embeddings would no longer match their rows.
 
 The model enters through an `Encoder`: `preprocess` (PIL image -> (3, S, S)), `encode_images` ((B, 3, S, S) ->
 (B, D) normalised float32 on the CPU) and `encode_texts` (list of B strings -> (B, D)). `torch_encoder(checkpoint)`
@@ -29,7 +31,7 @@ from ..data.bad import BadRecord, BadSample, BadSampleTracker
 from ..data.images import PIL_MAX_PIXELS, ImageTransform, decode_image
 from ..errors import CheckpointError, DataError
 from . import store
-from .collection import Collection, describe, open_collection
+from .collection import Collection, describe, fingerprint, open_collection
 
 
 @dataclass
@@ -134,7 +136,7 @@ class ImageRows(Dataset):
         try:
             item = self.collection.item(row)
             where = item.where
-            with decode_image(item.image, self.max_pixels, self.min_side) as img:
+            with decode_image(item.image, self.max_pixels, self.min_side, "--max-image-pixels") as img:
                 pixels = self.preprocess(img)
             return row, pixels, item.path, item.caption, None
         except BadSample as e:
@@ -187,7 +189,7 @@ class ShardBuffer:
 
 def start_manifest(emb: Path, encoder: Encoder, collection: Collection, data: str, dtype: str, shard_size: int,
                    keys: dict[str, str]) -> dict[str, Any]:
-    """The manifest to continue: the existing one when it fits this job (same model, data and dtype), else new."""
+    """The manifest to continue: the existing one when it fits this job (same model, data, rows and dtype), else new."""
     info = {**describe(collection, data), **keys}
     if (emb / store.MANIFEST).is_file():
         manifest = store.read_manifest(emb)
@@ -195,12 +197,13 @@ def start_manifest(emb: Path, encoder: Encoder, collection: Collection, data: st
         if old["digest"] != encoder.digest:
             raise CheckpointError(f"{emb} was embedded with another model ({old['name']} from {old['source']}); "
                                   "use the same --checkpoint to continue, or a new --output")
-        for key in ("source", "kind", "rows"):
+        for key in ("source", "kind", "root", "rows"):
             if manifest["collection"][key] != info[key]:
                 raise DataError(f"{emb} holds embeddings of another collection ({key} {manifest['collection'][key]!r}, "
                                 f"now {info[key]!r}); use a new --output")
         if manifest["dtype"] != dtype:
             raise DataError(f"{emb} holds {manifest['dtype']} embeddings; continue with --dtype {manifest['dtype']}")
+        check_unchanged(emb, manifest, collection, data)
         return manifest
     if emb.exists() and (not emb.is_dir() or any(emb.iterdir())):
         raise DataError(f"--output {emb} exists and holds no embeddings; choose a new or empty folder")
@@ -211,7 +214,21 @@ def start_manifest(emb: Path, encoder: Encoder, collection: Collection, data: st
             "bad": {"loads": 0, "skips": 0, "counts": {}, "first": []}}
 
 
-def flush(emb: Path, manifest: dict[str, Any], buf: ShardBuffer, tracker: BadSampleTracker) -> None:
+def check_unchanged(emb: Path, manifest: dict[str, Any], collection: Collection, data: str) -> None:
+    """DataError unless every embedded shard's rows still are what they were (same paths and captions, in order)."""
+    for shard in manifest["shards"]:
+        start, end = shard["rows"]
+        if "fingerprint" not in shard:
+            raise DataError(f"{emb} was embedded by an earlier version that kept no fingerprint of the rows, so a "
+                            f"continuation cannot be checked against {data}; start over with a new --output")
+        if shard["fingerprint"] != fingerprint(collection, start, end):
+            raise DataError(f"{data} changed since {emb} was embedded: rows {start}..{end - 1} are not the rows "
+                            f"embedded in shard {shard['shard']} (reordered, edited, or replaced); the embeddings "
+                            f"would not match their rows. Start over with a new --output (or delete {emb})")
+
+
+def flush(emb: Path, manifest: dict[str, Any], buf: ShardBuffer, tracker: BadSampleTracker,
+          collection: Collection) -> None:
     """Write the buffered shard and commit it in the manifest (changed only once the write succeeded)."""
     new = copy.deepcopy(manifest)
     shard = len(new["shards"])
@@ -226,7 +243,8 @@ def flush(emb: Path, manifest: dict[str, Any], buf: ShardBuffer, tracker: BadSam
     store.write_shard(emb, shard, images, texts, {
         "id": list(range(first_id, first_id + n)), "row": buf.rows, "path": buf.paths, "caption": buf.captions,
         "shard": [shard] * n, "offset": list(range(n))})
-    new["shards"].append({"shard": shard, "rows": [buf.start, buf.end], "embedded": n, "bad": buf.bad})
+    new["shards"].append({"shard": shard, "rows": [buf.start, buf.end], "embedded": n, "bad": buf.bad,
+                          "fingerprint": fingerprint(collection, buf.start, buf.end)})
     new["next_row"] = buf.end
     counts = new["counts"]
     counts["embedded"] += n
@@ -258,26 +276,27 @@ def add_batch(buf: ShardBuffer, batch: dict[str, Any], rows: list[int], encoder:
 
 
 def embed_collection(data: str, output: str | Path, encoder: Encoder, *, image_key: str = "image",
-                     caption_key: str = "caption", split: str = "train", batch_size: int = 64, workers: int = 2,
-                     dtype: str = "float16", shard_size: int = 8192, max_batches: int | None = None,
-                     max_pixels: int = PIL_MAX_PIXELS, max_bad_fraction: float = 0.1,
+                     caption_key: str = "caption", split: str = "train", root: str | Path | None = None,
+                     batch_size: int = 64, workers: int = 2, dtype: str = "float16", shard_size: int = 8192,
+                     max_batches: int | None = None, max_pixels: int = PIL_MAX_PIXELS, max_bad_fraction: float = 0.1,
                      progress: bool = True) -> dict[str, Any]:
     """Embed `data` into `output` and return the manifest; a folder already holding part of this job continues.
 
-    `max_batches` stops after that many batches as an interrupted run would (the shard being filled is written);
-    rerunning continues. Ctrl-C does the same. More than `max_bad_fraction` of bad images (after 1000 loads)
-    stops with a DataError; the shards written stay.
+    `root` is the folder no image may lead out of (default: the table's, image or dataset folder; see
+    `collection`); rows leading out are skipped and counted as bad. `max_batches` stops after that many batches as
+    an interrupted run would (the shard being filled is written); rerunning continues. Ctrl-C does the same. More
+    than `max_bad_fraction` of bad images (after 1000 loads) stops with a DataError; the shards written stay.
     """
     if dtype not in store.DTYPES:
         raise DataError(f"--dtype {dtype}: use one of {', '.join(store.DTYPES)}")
     from tqdm import tqdm
 
     emb = Path(output)
-    collection = open_collection(data, image_key=image_key, caption_key=caption_key, split=split)
+    collection = open_collection(data, image_key=image_key, caption_key=caption_key, split=split, root=root)
     shard_size = -(-shard_size // batch_size) * batch_size  # whole batches per shard
     manifest = start_manifest(emb, encoder, collection, data, dtype, shard_size,
                               {"image_key": image_key, "caption_key": caption_key, "split": split})
-    tracker = BadSampleTracker("skip", max_bad_fraction)
+    tracker = BadSampleTracker("skip", max_bad_fraction, setting="--max-bad-fraction")
     bad = manifest["bad"]
     tracker.loads, tracker.skips, tracker.counts, tracker.first = bad["loads"], bad["skips"], dict(bad["counts"]), list(bad["first"])
     plan = batch_plan(manifest["next_row"], len(collection), batch_size, manifest["shard_size"])
@@ -302,13 +321,13 @@ def embed_collection(data: str, output: str | Path, encoder: Encoder, *, image_k
             if tracker.total:
                 bar.set_postfix(bad=tracker.total, refresh=False)
             if buf.end % manifest["shard_size"] == 0 or buf.end == len(collection):
-                flush(emb, manifest, buf, tracker)
+                flush(emb, manifest, buf, tracker, collection)
                 buf = ShardBuffer(buf.end)
             clock = time.perf_counter()
     finally:  # a stop (max_batches, Ctrl-C, too many bad images) keeps what was embedded
         bar.close()
         if buf.end > buf.start:
-            flush(emb, manifest, buf, tracker)
+            flush(emb, manifest, buf, tracker, collection)
     manifest = finish(emb, manifest)
     wall = time.perf_counter() - speed.pop("start")
     # this call's speed (not written to the manifest file): rows/s, and the time spent waiting for the loader's

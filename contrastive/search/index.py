@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, error_line
 from . import store
 
 KINDS = ("auto", "flat", "ivf", "hnsw", "ivfpq")
@@ -155,6 +156,7 @@ def build_collection_index(emb: str | Path, kind: str = "auto", threshold: int =
 
     emb = Path(emb)
     manifest = store.read_manifest(emb)
+    store.read_metadata(emb, manifest)  # the rows the index's ids name: sound, or a DataError naming the file
     vectors = store.load_vectors(emb, manifest)
     if len(vectors) == 0:
         raise DataError(f"{emb}: no embeddings to index (the collection is empty)")
@@ -172,13 +174,30 @@ def build_collection_index(emb: str | Path, kind: str = "auto", threshold: int =
 
 
 def load_collection_index(emb: Path, manifest: dict[str, Any], vectors: np.ndarray):
-    """The saved index when it matches the embeddings, else an exact one built now (fast for what fits flat)."""
+    """The saved index when it matches the embeddings, else an exact one built now (fast for what fits flat).
+    DataError naming the file for a damaged `index.json` or `index.faiss` (rebuild with `contrastive index`)."""
     import faiss
 
-    report_path = emb / REPORT_FILE
-    if (emb / INDEX_FILE).is_file() and report_path.is_file():
+    report_path, index_path = emb / REPORT_FILE, emb / INDEX_FILE
+    if not report_path.is_file() and not index_path.is_file():
+        return build_index(vectors, "flat")[0], "flat"
+    fix = f"rebuild it with contrastive index {emb}"
+    try:
         report = json.loads(report_path.read_text())
-        if report.get("vectors") == len(vectors) and report.get("shards") == len(manifest["shards"]):
-            return faiss.read_index(str(emb / INDEX_FILE)), report["kind"]
-    index, _ = build_index(vectors, "flat")
-    return index, "flat"
+        if not isinstance(report, dict) or report.get("kind") not in KINDS[1:]:
+            raise ValueError("not an index report")
+    except (OSError, ValueError) as e:  # missing, cut, garbage (JSONDecodeError and UnicodeDecodeError are ValueErrors)
+        raise DataError(f"{report_path}: missing or unreadable index report ({error_line(e, 120)}); {fix}") from None
+    if report.get("vectors") != len(vectors) or report.get("shards") != len(manifest["shards"]):
+        return build_index(vectors, "flat")[0], "flat"  # stale: indexed before the embedding went on
+    if not index_path.is_file():
+        raise DataError(f"{index_path}: missing faiss index ({report_path} describes one); {fix}")
+    try:
+        index = faiss.read_index(str(index_path))
+    except RuntimeError as e:  # faiss's own exception: cut or garbage
+        reason = re.sub(r"^Error in .*? at \S+:\d+: ", "", error_line(e))  # faiss prefixes its C++ function
+        raise DataError(f"{index_path}: missing or unreadable faiss index ({reason[:160]}); {fix}") from None
+    if index.ntotal != len(vectors) or index.d != vectors.shape[1]:
+        raise DataError(f"{index_path}: {index.ntotal} vectors of width {index.d}, the embeddings are "
+                        f"{len(vectors)} x {vectors.shape[1]}; {fix}")
+    return index, report["kind"]

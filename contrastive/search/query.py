@@ -7,6 +7,8 @@ the collection has them, through an exact index over the caption embeddings.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,7 @@ class Index:
 
     def __init__(self, emb: Path, manifest: dict[str, Any], encoder: Encoder) -> None:
         self.emb, self.manifest, self.encoder = emb, manifest, encoder
-        table = store.read_metadata(emb, manifest)
+        table = store.read_metadata(emb, manifest)  # DataError naming a missing or damaged shard file
         self.rows: list[int] = table.column("row").to_pylist()
         self.paths: list[str] = table.column("path").to_pylist()
         self.captions: list[str | None] = table.column("caption").to_pylist()
@@ -152,28 +154,53 @@ class Index:
     # images of hits
 
     def image_path(self, id: int) -> Path | None:
-        """The file of image `id`, resolved (symlinks followed) and checked to lie inside `root`; None for images
-        that are no file of their own (shard members, bytes inside an HF dataset). DataError for an unknown id or a
-        path that leads outside the collection."""
+        """The file of image `id`, resolved now (symlinks followed, `strict`) and checked to lie inside the root
+        fixed when the collection was embedded; None for images that are no file of their own (shard members,
+        bytes inside an HF dataset). DataError for an unknown id, a missing file or one that leads outside."""
         if isinstance(id, bool) or not isinstance(id, (int, np.integer)) or not 0 <= id < len(self):
             raise DataError(f"no image {id!r} in the collection (ids 0..{len(self) - 1})")
-        if self.manifest["collection"]["kind"] == "shards":
+        kind = self.manifest["collection"]["kind"]
+        if kind == "shards":
             return None
-        root = self.root.resolve()
-        path = (root / self.paths[id]).resolve()
+        if not isinstance(self.paths[id], str):
+            raise DataError(f"image {id}: no path in the metadata")
+        try:
+            root = self.root.resolve(strict=True)
+            path = (root / self.paths[id]).resolve(strict=True)
+        except (OSError, RuntimeError) as e:  # missing, a symlink loop, a name too long
+            if kind == "hf":
+                return None  # a row holding its image's bytes: read through the dataset
+            raise DataError(f"image {id} ({self.paths[id]}): {getattr(e, 'strerror', None) or e}") from None
         if not path.is_relative_to(root):
             raise DataError(f"image {id} ({self.paths[id]}) lies outside the collection root {root}")
-        return path if path.is_file() else None
+        if not path.is_file():
+            raise DataError(f"image {id} ({self.paths[id]}) is not a file")
+        return path
+
+    def read_image_file(self, id: int) -> tuple[Path, bytes] | None:
+        """(path, contents) of image `id`'s file, read through the checked path without following a link put in
+        its place since the check; None for images that are no file. DataError as `image_path`."""
+        path = self.image_path(id)
+        if path is None:
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as e:
+            raise DataError(f"image {id} ({self.paths[id]}): {e.strerror or e}") from None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise DataError(f"image {id} ({self.paths[id]}) is not a file")
+            return path, f.read()
 
     def open_image(self, id: int) -> Image.Image:
         """Image `id` as an RGB PIL image (from its file, its shard or its dataset row)."""
-        path = self.image_path(id)
+        found = self.read_image_file(id)
         try:
-            if path is not None:
-                return decode_image(str(path))
+            if found is not None:
+                return decode_image(found[1])
             if self._collection is None:
                 c = self.manifest["collection"]
-                self._collection = open_collection(c["source"], image_key=c["image_key"],
+                self._collection = open_collection(c["source"], image_key=c["image_key"], root=c["root"],
                                                    caption_key=c["caption_key"], split=c["split"])
             return decode_image(self._collection.item(self.rows[id]).image)
         except BadSample as e:

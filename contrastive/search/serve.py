@@ -4,9 +4,13 @@ Routes (all GET unless said):
 - `/?q=TEXT&k=K`: the page, with the K best images for a text query rendered on the server (no script needed);
 - `POST /` (multipart form, field `image`): the same page for an uploaded query image;
 - `/api/search?q=TEXT&k=K`: the hits as JSON;
-- `/thumb/{id}` (a JPEG thumbnail) and `/image/{id}` (the image): by embedding id only, never by a path. An id the
-  collection does not hold is 404; an image whose file resolves outside the collection root (a `..` or absolute
-  path in the metadata, a symlink leading out) is 403.
+- `/thumb/{id}` (a JPEG thumbnail) and `/image/{id}` (the image): by embedding id only (plain ASCII decimal),
+  never by a path. Each request resolves the image's file anew (symlinks followed) and serves it only when it lies
+  inside the root fixed when the collection was embedded; anything else (an id the collection does not hold, a
+  `..` or absolute path in the metadata, a file replaced by a link leading out, a missing file) is 404.
+
+An uploaded query image is refused (413) over `MAX_UPLOAD_BYTES` or `MAX_UPLOAD_PIXELS` before it is decoded, and
+echoed back only as a thumbnail.
 
 FastAPI resolves the routes' annotations in this module's namespace, so it is imported at the top: import this
 module only to serve. Bound to 127.0.0.1 unless told otherwise: the page shows every image of the collection to whoever reaches it.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import io
+import mimetypes
 import socket
 import sys
 import threading
@@ -23,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import HTMLResponse, Response
 
 from ..errors import DataError
 from .query import Hit, Index
@@ -31,6 +36,8 @@ from .query import Hit, Index
 DEFAULT_K, MAX_K = 24, 200
 THUMB_SIDE = 256  # longest side of a thumbnail (pixels)
 MAX_UPLOAD_BYTES = 20 << 20
+MAX_UPLOAD_PIXELS = 25_000_000  # a 6000 x 4000 photo; decoded RGB that is 75 MB
+MAX_ID_DIGITS = 18  # ids fit an int64
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
@@ -71,6 +78,7 @@ def create_app(index: Index):
     page = Environment(autoescape=True).from_string(PAGE)
     lock = threading.Lock()  # one query at a time through the model and the faiss index
     app = FastAPI(title="contrastive search", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(UploadLimit, limit=MAX_UPLOAD_BYTES + (64 << 10))  # the form's own fields besides the file
 
     def render(status: int = 200, **values) -> HTMLResponse:
         values = {"q": "", "k": DEFAULT_K, "hits": None, "error": "", "query_image": "", **values}
@@ -95,9 +103,10 @@ def create_app(index: Index):
             return render(413, k=k, error=f"the image is larger than {MAX_UPLOAD_BYTES >> 20} MiB")
         try:
             img = decode_upload(data)
-        except DataError as e:
-            return render(400, k=k, error=str(e))
+        except HTTPException as e:
+            return render(e.status_code, k=k, error=e.detail)
         hits = search(lambda n: index.search_image(img, n), k)
+        img.thumbnail((THUMB_SIDE, THUMB_SIDE))  # what is echoed back: never the upload's own size
         return render(k=k, hits=hits, query_image="data:image/jpeg;base64," + base64.b64encode(jpeg(img)).decode())
 
     @app.get("/api/search")
@@ -113,49 +122,71 @@ def create_app(index: Index):
     @app.get("/image/{id}")
     def image(id: str):
         i = image_id(index, id)
-        path = image_file(index, i)
-        if path is not None:
-            return FileResponse(path)
-        return Response(png(index.open_image(i)), media_type="image/png")  # a shard member, a dataset's bytes
+        try:
+            found = index.read_image_file(i)
+            if found is None:  # a shard member, a dataset's bytes
+                return Response(png(index.open_image(i)), media_type="image/png", headers=NOSNIFF)
+        except DataError:
+            raise HTTPException(404, "no such image") from None
+        path, data = found
+        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return Response(data, media_type=media, headers=NOSNIFF)
 
     @lru_cache(maxsize=2048)
     def thumbnail(i: int) -> bytes:
         try:
             img = index.open_image(i)
         except DataError:
-            raise HTTPException(404, "the image cannot be read") from None
+            raise HTTPException(404, "no such image") from None
         img.thumbnail((THUMB_SIDE, THUMB_SIDE))
         return jpeg(img)
 
     return app
 
 
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}  # a file is shown as what its name says, never sniffed as a page
+
+
 def image_id(index: Index, text: str) -> int:
-    """The embedding id in a URL; anything else (a path, a negative or unknown number) is 404, an image whose file
-    leads outside the collection 403."""
-    if not text.isdigit() or int(text) >= len(index):
+    """The embedding id in a URL: plain ASCII decimal digits naming an image the collection holds, else 404 (a
+    path, a sign, other scripts' digits, superscripts, thousands of digits)."""
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_ID_DIGITS or int(text) >= len(index):
         raise HTTPException(404, "no such image")
-    image_file(index, int(text))
     return int(text)
 
 
-def image_file(index: Index, i: int) -> Path | None:
-    """The checked file of image `i` (None for images that are no file); 403 outside the collection."""
-    try:
-        return index.image_path(i)
-    except DataError:
-        raise HTTPException(403, "outside the collection") from None
+class UploadLimit:
+    """ASGI middleware: a request whose body is declared larger than `limit` bytes, or whose length is not
+    declared, is refused (413, 411) before anything parses it, so no upload is spooled to disk past the limit."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
+            length = dict(scope["headers"]).get(b"content-length")
+            status = 411 if length is None or not length.isdigit() else 413 if int(length) > self.limit else 0
+            if status:
+                text = b"the upload is too large" if status == 413 else b"the upload must declare its length"
+                await send({"type": "http.response.start", "status": status,
+                            "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+                await send({"type": "http.response.body", "body": text})
+                return
+        await self.app(scope, receive, send)
 
 
 def decode_upload(data: bytes):
-    """Uploaded bytes -> RGB PIL image; DataError in one line for what is no image."""
+    """Uploaded bytes -> RGB PIL image; HTTPException 413 over MAX_UPLOAD_PIXELS (read from the header, before
+    decoding), 400 in one line for what is no image."""
     from ..data.bad import BadSample
     from ..data.images import decode_image
 
     try:
-        return decode_image(data)
+        return decode_image(data, MAX_UPLOAD_PIXELS, setting="the limit")
     except BadSample as e:
-        raise DataError(f"the uploaded file is not an image Pillow can read ({e})") from None
+        if e.reason == "decompression_bomb":
+            raise HTTPException(413, f"the image is too large to search by ({e.detail})") from None
+        raise HTTPException(400, f"the uploaded file is not an image Pillow can read ({e})") from None
 
 
 def jpeg(img) -> bytes:

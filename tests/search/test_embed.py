@@ -48,7 +48,7 @@ def test_embeddings_equal_the_models(tiny_run, small_table, tmp_path):
     torch.testing.assert_close(torch.from_numpy(texts), embed_texts(model, list(table["caption"]), tokenizer),
                                atol=1e-6, rtol=0)
     assert meta["id"].tolist() == list(range(48)) and meta["row"].tolist() == list(range(48))
-    assert meta["path"].tolist() == [p.removeprefix("images/") for p in table["image"]]  # relative to the root
+    assert meta["path"].tolist() == table["image"].tolist()  # relative to the root: the table's folder
     assert meta["caption"].tolist() == table["caption"].tolist()
     assert meta["offset"].tolist() == list(range(20)) * 2 + list(range(8))
     assert meta["shard"].tolist() == [0] * 20 + [1] * 20 + [2] * 8
@@ -171,3 +171,68 @@ def test_embed_user_errors_are_one_line(case, tiny_run, other_run, small_table, 
     expected = {"empty folder": "the collection is empty", "other model": "was embedded with another model",
                 "not an embedding folder": "holds no embeddings", "bad data": "no such file"}[case]
     assert expected in lines[0]
+
+
+def test_resuming_on_a_changed_collection_is_refused(tiny_run, small_table, tmp_path, capsys):
+    """Stop after two shards, then reorder or edit the rows already embedded: the relaunch stops in one line
+    (exit 2) naming the rows that changed and how to start over, and writes nothing; rows not embedded yet may
+    change, and the original table continues to the end."""
+    out = tmp_path / "emb"
+    common = ["embed", "--checkpoint", tiny_run, "--data", small_table, "--output", out, "--batch-size", 8,
+              "--shard-size", 8, "--workers", 0, "--device", "cpu", "--no-progress"]
+    code, _, err = run_cli(capsys, *common, "--max-batches", 2)
+    assert code == 0, err
+    original = small_table.read_text()
+    lines = original.splitlines()
+    header, rows = lines[0], lines[1:]
+    image, rest = rows[3].split(",", 1)
+    changes = {"reordered": [rows[1], rows[0], *rows[2:]],
+               "caption edited": [*rows[:3], f"{image},edited {rest}", *rows[4:]],
+               "image renamed": [*rows[:9], rows[9].replace(".jpg", ".JPG", 1), *rows[10:]]}
+    before = read_manifest(out)
+    for what, new_rows in changes.items():
+        small_table.write_text("\n".join([header, *new_rows]) + "\n")
+        code, _, err = run_cli(capsys, *common)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1, (what, err)
+        shard_rows = "0..7" if what != "image renamed" else "8..15"
+        assert f"changed since {out} was embedded: rows {shard_rows}" in lines[0] and "new --output" in lines[0], what
+        assert read_manifest(out) == before, what
+    code, _, err = run_cli(capsys, *common, "--root", small_table.parent / "images")
+    assert code == 2 and "root" in err  # another root is another collection
+    small_table.write_text("\n".join([header, *rows[:40], rows[40].replace(",", ",edited ", 1), *rows[41:]]) + "\n")
+    code, out_text, err = run_cli(capsys, *common)  # row 40 was not embedded yet: a change there is no conflict
+    assert code == 0 and "complete" in out_text, err
+    manifest = read_manifest(out)
+    assert [s["rows"] for s in manifest["shards"]] == [[r, r + 8] for r in range(0, 48, 8)]
+    assert all(len(s["fingerprint"]) == 64 for s in manifest["shards"])
+
+
+def test_embed_names_only_its_own_options(tiny_run, small_table, tmp_path, capsys):
+    """Every hint `contrastive embed` gives names an option it has (not a training config key)."""
+    import datasets
+
+    outputs = iter(range(100))
+
+    def error(*args) -> str:
+        code, _, err = run_cli(capsys, "embed", "--checkpoint", tiny_run, "--output", tmp_path / f"emb{next(outputs)}",
+                               "--device", "cpu", "--workers", 0, "--no-progress", *args)
+        *skipped, line = err.strip().splitlines()
+        assert code == 2 and line.startswith("contrastive embed: error: "), err
+        assert all(s.startswith("skipped bad sample: ") for s in skipped), err
+        assert "data." not in err, err
+        return line
+
+    line = error("--data", small_table, "--image-key", "picture")
+    assert "no column 'picture'" in line and "set --image-key" in line
+    assert "did you mean --image-key?" in error("--data", small_table, "--image_key", "image")
+    assert "did you mean --max-bad-fraction?" in error("--data", small_table, "--max-bad-fractoin", "0.5")
+    assert "did you mean" not in error("--data", small_table, "--resume-from", "x")
+    assert "--max-image-pixels=4,000" in error("--data", small_table, "--max-image-pixels", 4000)  # 64x64 images
+    missing = tmp_path / "missing.csv"
+    missing.write_text("image,caption\n" + "".join(f"nowhere/{i}.jpg,a red circle\n" for i in range(1100)))
+    assert "--max-bad-fraction=0.5" in error("--data", missing, "--max-bad-fraction", "0.5", "--batch-size", 100)
+    hf = tmp_path / "hf"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"image": ["x.jpg"]})}).save_to_disk(str(hf))
+    assert "set --split" in error("--data", hf, "--split", "validation")
+    assert "must be between 0 and 1" in error("--data", small_table, "--max-bad-fraction", "2")

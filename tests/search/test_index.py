@@ -78,9 +78,12 @@ def fake_collection(emb, vectors: np.ndarray, texts: np.ndarray | None = None):
     write_shard(emb, 0, vectors.astype(np.float16), None if texts is None else texts.astype(np.float16), rows)
     write_json(emb / "manifest.json", {
         "format": 1, "model": {"name": "m", "source": "", "checkpoint": "", "digest": "x", "embed_dim": d},
-        "dtype": "float16", "collection": {"has_captions": texts is not None, "kind": "folder", "root": str(emb)},
-        "shards": [{"shard": 0, "rows": [0, n], "embedded": n, "bad": []}], "complete": True,
-        "counts": {"rows": n, "embedded": n, "captions": 0, "bad": 0}})
+        "dtype": "float16", "collection": {"source": str(emb), "kind": "folder", "root": str(emb), "rows": n,
+                                           "has_captions": texts is not None, "image_key": "image",
+                                           "caption_key": "caption", "split": "train"},
+        "shard_size": n, "shards": [{"shard": 0, "rows": [0, n], "embedded": n, "bad": []}], "next_row": n,
+        "complete": True, "counts": {"rows": n, "embedded": n, "captions": 0, "bad": 0},
+        "bad": {"loads": n, "skips": 0, "counts": {}, "first": []}})
 
 
 def test_index_command_builds_scores_and_saves(tmp_path, capsys):

@@ -87,21 +87,31 @@ def test_saved_approximate_index_is_used(val_emb):
 
 
 def test_image_paths_stay_inside_the_collection(tiny_run, tmp_path):
+    """The root is the table's folder however the rows lead out of it: a symlink leading out when embedding is
+    skipped as bad; a file replaced by one after embedding is refused when read."""
     table = shapes_table(tmp_path / "c", 6, copy=True)
     outside = tmp_path / "secret.jpg"
     (table.parent / "images/00002.jpg").rename(outside)
     os.symlink(outside, table.parent / "images/00002.jpg")  # inside the root, leading out of it
+    with table.open("a") as f:
+        f.write(f"{outside},a red circle\n../secret.jpg,a red circle\n")  # rows naming the file outside
     emb = tmp_path / "emb"
-    embed_collection(str(table), emb, torch_encoder(tiny_run), batch_size=4, workers=0, progress=False)
+    manifest = embed_collection(str(table), emb, torch_encoder(tiny_run), batch_size=4, workers=0, progress=False)
+    assert manifest["bad"]["counts"] == {"outside_root": 3} and manifest["counts"]["embedded"] == 5
+    assert sorted(b["row"] for s in manifest["shards"] for b in s["bad"]) == [2, 6, 7]
     index = Index.load(emb)
-    assert index.root == (table.parent / "images").resolve()
-    assert index.image_path(0) == index.root / "00000.jpg"
+    assert index.root == table.parent and index.paths == [f"images/0000{i}.jpg" for i in (0, 1, 3, 4, 5)]
+    assert index.image_path(0) == index.root.resolve() / "images/00000.jpg"
     assert index.open_image(1).size == (64, 64)
-    with pytest.raises(DataError, match="outside the collection root"):
-        index.image_path(2)
-    with pytest.raises(DataError, match="outside the collection root"):
-        index.open_image(2)
-    for bad in (-1, 6, "0", 1.0):
+    (table.parent / "images/00003.jpg").unlink()
+    os.symlink(outside, table.parent / "images/00003.jpg")  # after embedding
+    for read in (index.image_path, index.read_image_file, index.open_image):
+        with pytest.raises(DataError, match="outside the collection root"):
+            read(2)
+    (table.parent / "images/00004.jpg").unlink()
+    with pytest.raises(DataError, match="No such file"):
+        index.open_image(3)
+    for bad in (-1, 5, "0", 1.0):
         with pytest.raises(DataError, match="no image"):
             index.image_path(bad)
 
@@ -120,7 +130,7 @@ def test_search_cli_json_and_grid(tiny_emb, tmp_path):
     table = search_cli("--index", tiny_emb, "--image", ROOT / "data/shapes/images/val/00001.jpg", "--k", 2)
     assert table.returncode == 0, table.stderr
     rank, score, id_, path = table.stdout.splitlines()[1].split()[:4]  # the query image itself, first
-    assert (rank, id_, path) == ("1", "1", "00001.jpg") and float(score) == pytest.approx(1.0, abs=2e-3)
+    assert (rank, id_, path) == ("1", "1", "images/00001.jpg") and float(score) == pytest.approx(1.0, abs=2e-3)
 
 
 @pytest.mark.parametrize("case", ["missing EMB", "other model", "k < 1", "empty text", "no captions", "bad image",

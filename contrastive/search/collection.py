@@ -71,7 +71,7 @@ def fixed_root(root: str | Path | None, default: str | Path) -> Path:
     if root is None:
         return Path(os.path.abspath(default))
     if not Path(root).is_dir():
-        raise DataError(f"--root {root}: no such folder")
+        raise DataError(f"collection root {root}: no such folder (--root)")
     return Path(os.path.abspath(root))
 
 

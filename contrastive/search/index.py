@@ -179,14 +179,14 @@ def load_collection_index(emb: Path, manifest: dict[str, Any], vectors: np.ndarr
     import faiss
 
     report_path, index_path = emb / REPORT_FILE, emb / INDEX_FILE
-    if not report_path.is_file() and not index_path.is_file():
+    if not report_path.is_file():  # never indexed (or the report removed): nothing says what index.faiss holds
         return build_index(vectors, "flat")[0], "flat"
     fix = f"rebuild it with contrastive index {emb}"
     try:
         report = json.loads(report_path.read_text())
         if not isinstance(report, dict) or report.get("kind") not in KINDS[1:]:
             raise ValueError("not an index report")
-    except (OSError, ValueError) as e:  # missing, cut, garbage (JSONDecodeError and UnicodeDecodeError are ValueErrors)
+    except (OSError, ValueError) as e:  # cut, garbage (JSONDecodeError and UnicodeDecodeError are ValueErrors)
         raise DataError(f"{report_path}: missing or unreadable index report ({error_line(e, 120)}); {fix}") from None
     if report.get("vectors") != len(vectors) or report.get("shards") != len(manifest["shards"]):
         return build_index(vectors, "flat")[0], "flat"  # stale: indexed before the embedding went on

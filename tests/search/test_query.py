@@ -67,7 +67,7 @@ def test_image_queries(val_emb):
     path = ROOT / "data/shapes/images/val/00007.jpg"
     hits = index.search_image(path, k=5)
     assert hits[0].row == 7 and hits[0].score == pytest.approx(1.0, abs=2e-3)  # float16 storage
-    assert hits[0].path == "00007.jpg" and hits[0].caption == pd.read_csv(ROOT / "data/shapes/val.csv")["caption"][7]
+    assert hits[0].path == "images/val/00007.jpg" and hits[0].caption == pd.read_csv(ROOT / "data/shapes/val.csv")["caption"][7]
     assert [h.id for h in index.search_image(Image.open(path), k=5)] == [h.id for h in hits]
     captions = index.search_image(path, k=5, target="captions")
     texts = torch.from_numpy(np.concatenate([np.load(p) for p in sorted((val_emb / "shards").glob("*.texts.npy"))]))

@@ -33,7 +33,6 @@ class Item:
     image: str | bytes  # a path, or the encoded file
     path: str  # relative to the collection root (POSIX), or a key for images that are no file
     caption: str | None  # the first usable caption, when the collection has captions
-    where: str  # "<file> row <n>" for messages
 
 
 class Collection(Protocol):
@@ -44,6 +43,9 @@ class Collection(Protocol):
     def __len__(self) -> int: ...
 
     def item(self, row: int) -> Item: ...
+
+    def where(self, row: int) -> str:
+        """The row for messages: "<file> row <n> (<image>)", "<shard> member <name>", ..."""
 
     def identities(self, start: int, end: int) -> list[Any]:
         """What rows start..end-1 are, cheaply (paths, keys, captions; no pixels), JSON-serialisable."""
@@ -119,12 +121,15 @@ class TableCollection:
 
     def item(self, row: int) -> Item:
         _, image, caption, _ = self.table.rows[row]
-        where = self.table.where(row)
         if not isinstance(image, str) or not image:
             raise BadSample("missing_columns", f"needs '{self.table.image_key}'")
         full = os.path.abspath(self.table.root / image)
-        return Item(full, inside(full, self.root, self.real_root),
-                    first_caption(caption) if self.has_captions else None, f"{where} ({image})")
+        caption = first_caption(caption) if self.has_captions else None
+        return Item(full, inside(full, self.root, self.real_root), caption)
+
+    def where(self, row: int) -> str:
+        image = self.table.rows[row][1]
+        return self.table.where(row) + (f" ({image})" if isinstance(image, str) and image else "")
 
     def identities(self, start: int, end: int) -> list[Any]:
         return [[r[1], r[2] if self.has_captions else None] for r in self.table.rows[start:end]]
@@ -148,7 +153,10 @@ class FolderCollection:
 
     def item(self, row: int) -> Item:
         full = str(self.folder / self.files[row])
-        return Item(full, inside(full, self.root, self.real_root), None, f"{self.folder} file {self.files[row]}")
+        return Item(full, inside(full, self.root, self.real_root), None)
+
+    def where(self, row: int) -> str:
+        return f"{self.folder} file {self.files[row]}"
 
     def identities(self, start: int, end: int) -> list[Any]:
         return self.files[start:end]
@@ -181,15 +189,17 @@ class HFCollection:
         record = self.ds[row]
         image = record.get(self.image_key)
         caption = first_caption(record.get(self.caption_key)) if self.has_captions else None
-        where = f"{self.path} [{self.split}] row {row}"
         if isinstance(image, dict):
             if image.get("bytes") is not None:
-                return Item(image["bytes"], f"{self.split}/{row}", caption, where)
+                return Item(image["bytes"], f"{self.split}/{row}", caption)
             image = image.get("path")
         if not isinstance(image, str) or not image:
             raise BadSample("missing_columns", f"needs '{self.image_key}'")
         full = os.path.abspath(image if os.path.isabs(image) else Path(self.path) / image)
-        return Item(full, inside(full, self.root, self.real_root), caption, f"{where} ({image})")
+        return Item(full, inside(full, self.root, self.real_root), caption)
+
+    def where(self, row: int) -> str:
+        return f"{self.path} [{self.split}] row {row}"
 
     def identities(self, start: int, end: int) -> list[Any]:
         columns = [self.image_key] + ([self.caption_key] if self.has_captions else [])
@@ -259,7 +269,10 @@ class ShardCollection:
         with open(self.root / shard, "rb") as f:
             f.seek(offset)
             data = f.read(size)
-        return Item(data, f"{shard}/{name}", self.captions[row], f"{shard} member {name}")
+        return Item(data, f"{shard}/{name}", self.captions[row])
+
+    def where(self, row: int) -> str:
+        return f"{self.members[row][0]} member {self.members[row][1]}"
 
     def identities(self, start: int, end: int) -> list[Any]:
         return [[*m, c] for m, c in zip(self.members[start:end], self.captions[start:end])]

@@ -134,8 +134,8 @@ class ImageRows(Dataset):
     def __getitem__(self, row: int):
         where = f"row {row}"
         try:
+            where = self.collection.where(row)
             item = self.collection.item(row)
-            where = item.where
             with decode_image(item.image, self.max_pixels, self.min_side, "--max-image-pixels") as img:
                 pixels = self.preprocess(img)
             return row, pixels, item.path, item.caption, None

@@ -98,7 +98,8 @@ def test_image_paths_stay_inside_the_collection(tiny_run, tmp_path):
     emb = tmp_path / "emb"
     manifest = embed_collection(str(table), emb, torch_encoder(tiny_run), batch_size=4, workers=0, progress=False)
     assert manifest["bad"]["counts"] == {"outside_root": 3} and manifest["counts"]["embedded"] == 5
-    assert sorted(b["row"] for s in manifest["shards"] for b in s["bad"]) == [2, 6, 7]
+    bad = sorted((b["row"], b["where"]) for s in manifest["shards"] for b in s["bad"])
+    assert [row for row, _ in bad] == [2, 6, 7] and bad[2][1] == f"{table} row 9 (../secret.jpg)"  # named
     index = Index.load(emb)
     assert index.root == table.parent and index.paths == [f"images/0000{i}.jpg" for i in (0, 1, 3, 4, 5)]
     assert index.image_path(0) == index.root.resolve() / "images/00000.jpg"

@@ -43,6 +43,7 @@ from ..interop.hf_import import checkpoint_files
 from ..losses.batch import BatchLoss
 from ..text.tokenizer import TextTokenizer
 from ..interop.pretrained import resolve_model_config
+from .distill import Teacher
 from .finetune import finetune_param_groups
 from .forgetting import (EMA_SUFFIX, REFERENCE, BaselineHook, best_score, build_ema, reference_evaluation,
                          reference_tracker, trainable_line, with_ema_weights)
@@ -131,7 +132,12 @@ class ContrastiveRecipe:
         self.ema = build_ema(self.model, cfg)
         if self.ema is not None:
             self.model_hooks["ema"] = self.ema
-        self.loss_fn = BatchLoss(cfg.loss, info)
+        self.teacher = None
+        if cfg.distill.teacher:
+            self.teacher = Teacher(cfg.distill, cfg.model, self.device, cfg.train.precision)
+            if info.is_main:
+                print(self.teacher.describe(cfg.distill.teacher), flush=True)
+        self.loss_fn = BatchLoss(cfg.loss, info, cfg.distill if self.teacher is not None else None)
 
     def setup_data(self) -> None:
         """Training batches and the eval sets."""
@@ -252,6 +258,8 @@ class ContrastiveRecipe:
 
     def step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.cfg.train
+        if self.teacher is not None:
+            batch["teacher"] = self.teacher(batch)
         return train_step(self.train_model, batch, self.optimizer, self.scaler, self.loss_fn, self.device,
                           precision=t.precision, grad_clip=self.cfg.optim.grad_clip,
                           micro_batch_size=t.micro_batch_size, info=self.info, forward=self.forward,

@@ -1,17 +1,17 @@
 """Does distillation help a small student? A teacher trained here, distilled into the default tiny recipe at equal
 student steps, against the same student without distillation, on real image-caption benchmarks.
 
-    python scripts/bench_distill.py ../bench-data/icons ../bench-data/glyphs --work /tmp/distill
-    python scripts/bench_distill.py DIR --teacher-config configs/lit_minilm_shapes.yaml --student-steps 300 \
+    python -m scripts.bench_distill ../bench-data/icons ../bench-data/glyphs --work /tmp/distill
+    python -m scripts.bench_distill DIR --teacher-config configs/lit_minilm_shapes.yaml --student-steps 300 \
         --student train.max_steps=300 --distill distill.weight=0.5 distill.temperature=1
 
-For each DIR (holding `train.csv` and `test.csv`, as `scripts/bench_quality.py` reads them) it trains, with
+For each DIR (holding `train.csv` and `test.csv`, as `scripts.bench_quality` reads them) it trains, with
 `contrastive train` and `data.train` overridden:
   1. the teacher: `--teacher-config` with `--teacher` overrides;
   2. the student: `--student-config` with `--student` overrides;
   3. the same student with `distill.teacher=<1>` and the `--distill` overrides (same seed, data order and steps).
 Each is scored on both splits by the same code as bench_quality (text->image and image->text R@1/5/10, every row a
-candidate). A run whose final checkpoint exists under `--work` is reused (its train seconds then come from its
+candidate). A run with a checkpoint under `--work` is reused as it is (its train seconds then come from its
 files). Then the extra cost per step is measured side by side in one process: the student's training step on a
 batch, alone and with the teacher's forward and the distillation loss, alternating, medians over `--rounds`.
 Results: a JSON line per benchmark, and a markdown table appended to `--output` (default: print only).
@@ -29,11 +29,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+from scripts.bench_quality import Pixels, read_split, run_timed, score
 
-from bench_quality import Pixels, read_split, run_timed, score  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ROWS = ("teacher", "student", "distilled")
 
@@ -56,11 +54,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def train_run(data: Path, work: Path, name: str, config: str, overrides: list[str], seed: int) -> float:
     """Train (or reuse) <work>/<name>; returns its training seconds."""
+    from contrastive.interop.checkpoint import latest_checkpoint
+
     run = work / name
-    ckpt = run / "checkpoints"
-    done = (run / "summary.json").is_file()
-    if done:
-        last = sorted(ckpt.glob("step_*"))[-1]
+    last = latest_checkpoint(run / "checkpoints") if run.is_dir() else None
+    if last is not None:  # reused as it is (a run stopped early included): seconds from its files
         return (last / "model.safetensors").stat().st_mtime - (run / "config.yaml").stat().st_mtime
     cmd = [sys.executable, "-m", "contrastive", "train", "--config", config, f"data.train={data / 'train.csv'}",
            "data.val=", f"train.seed={seed}", f"train.output_dir={work}", "train.progress_bar=false",
@@ -123,7 +121,7 @@ def bench(a, data: Path) -> dict:
 
 
 def table(a, results: list[dict]) -> str:
-    cmd = "python scripts/bench_distill.py " + " ".join(
+    cmd = "python -m scripts.bench_distill " + " ".join(
         [*(str(Path(d).name) for d in a.data), "--teacher", *a.teacher, "--student", *a.student,
          *(["--distill", *a.distill] if a.distill else [])])
     lines = [f"`{cmd}` (seed {a.seed}) on {platform.processor() or platform.machine()}, torch {torch.__version__}; "

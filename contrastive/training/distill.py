@@ -26,7 +26,7 @@ from torch import Tensor
 from ..config import DistillConfig, ModelConfig
 from ..data.samples import trim_padding
 from ..errors import ConfigError, UserError, error_line
-from ..evaluate import autocast_context
+from ..model import autocast_context
 from ..losses.distill import TeacherFeatures
 
 

@@ -49,6 +49,7 @@ from .forgetting import (EMA_SUFFIX, REFERENCE, BaselineHook, best_score, build_
                          reference_tracker, trainable_line, with_ema_weights)
 from .guards import NonFiniteGuard, check_inputs, save_or_report
 from .logging import MetricsLogger, eval_postfix, metrics_of, named_metrics
+from .tracking import check_installed, open_trackers
 from .optim import build_optimizer, lr_at, set_lr
 from .run_dir import ReplacedRun, prepare_run_dir, recover_replaced, resolve_run_dir
 from .setup import build_model, prepare_text, resolve_device, wrap_for_training
@@ -112,6 +113,7 @@ class ContrastiveRecipe:
         if cfg.train.deterministic and self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         check_inputs(cfg)
+        check_installed(cfg.train.report_to)
 
     def setup_text(self) -> None:
         """The resolved model config (pretrained sources decide towers and preprocessing; the context is fitted to
@@ -241,12 +243,14 @@ class ContrastiveRecipe:
                 self.maybe_save()
                 if self.done or self.stopping:
                     break
-        self.cleanup()
+        self.close_bar()
         if self.stopping:
+            self.cleanup()
             raise Interrupted(self.stop.signum, f"stopped by {self.stop.name} after step {self.progress.step}; saved "
                                                 f"{latest_checkpoint(self.run_dir / 'checkpoints')}; rerun with "
                                                 "train.resume=true")
         self.write_summary()
+        self.cleanup()
 
     def epoch_batches(self):
         """This epoch's remaining batches on the device (the next epoch when a resume found this one over)."""
@@ -386,7 +390,8 @@ class ContrastiveRecipe:
 
     def start_reporting(self) -> None:
         self.window = Window(torch.zeros((), device=self.device))
-        self.logger = MetricsLogger(self.run_dir, self.info.is_main)
+        trackers = open_trackers(self.cfg, self.run_dir, self.cfg.train.resume) if self.info.is_main else []
+        self.logger = MetricsLogger(self.run_dir, self.info.is_main, trackers)
         if self.info.is_main and self.cfg.train.progress_bar:
             from tqdm.auto import tqdm
 
@@ -405,12 +410,17 @@ class ContrastiveRecipe:
               f"{data['samples_loaded']} loads); captions truncated: {data['truncated_captions']} of "
               f"{data['captions_seen']}")
         (self.run_dir / "summary.json").write_text(json.dumps({**summary, "data": data}, indent=1))
+        if self.logger is not None:
+            self.logger.log_summary({**summary, "data": data})
 
-    def cleanup(self) -> None:
-        """Close the progress bar and the metrics files (safe to call twice)."""
+    def close_bar(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def cleanup(self) -> None:
+        """Close the progress bar, the metrics file and the trackers (safe to call twice)."""
+        self.close_bar()
         if self.logger is not None:
             self.logger.close()
             self.logger = None

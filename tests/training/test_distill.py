@@ -9,7 +9,7 @@ from PIL import Image
 import contrastive
 from contrastive.config import ModelConfig, load_config
 from contrastive.data.images import ImageTransform
-from contrastive.train import train
+from contrastive.training.recipe import train
 from contrastive.training.distill import TeacherView
 from tests.conftest import ROOT
 from tests.helpers.overrides import small_run

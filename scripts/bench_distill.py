@@ -1,10 +1,12 @@
 """Does distillation help a small student? A teacher trained here, distilled into the default tiny recipe at equal
 student steps, against the same student without distillation, on real image-caption benchmarks.
 
-    python -m scripts.bench_distill ../bench-data/icons ../bench-data/glyphs --work /tmp/distill
-    python -m scripts.bench_distill DIR --teacher-config configs/lit_minilm_shapes.yaml --student-steps 300 \
-        --student train.max_steps=300 --distill distill.weight=0.5 distill.temperature=1
+    python -m scripts.bench_distill ../bench-data/icons ../bench-data/glyphs --work /tmp/distill   # full recipes
+    python -m scripts.bench_distill DIR --work W --teacher train.max_steps=220 \
+        --student train.max_steps=50 optim.warmup_steps=30 --distill distill.weight=0.5 distill.temperature=1
+    python -m scripts.bench_distill DIR --work W --teacher-config configs/lit_minilm_shapes.yaml
 
+Default: the teacher `configs/best_small.yaml` (600 steps) and the student `configs/shapes_tiny.yaml` (300 steps).
 For each DIR (holding `train.csv` and `test.csv`, as `scripts.bench_quality` reads them) it trains, with
 `contrastive train` and `data.train` overridden:
   1. the teacher: `--teacher-config` with `--teacher` overrides;
@@ -41,10 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("data", nargs="+", help="benchmark folders with train.csv and test.csv")
     p.add_argument("--work", required=True, help="folder for the runs (<work>/<benchmark>/<run>)")
     p.add_argument("--teacher-config", default=str(ROOT / "configs/best_small.yaml"))
-    p.add_argument("--teacher", nargs="*", default=["train.max_steps=220"], help="the teacher's dotted overrides")
+    p.add_argument("--teacher", nargs="*", default=[], help="the teacher's dotted overrides (default: its recipe as is)")
     p.add_argument("--student-config", default=str(ROOT / "configs/shapes_tiny.yaml"))
-    p.add_argument("--student", nargs="*", default=["train.max_steps=100", "optim.warmup_steps=30"],
-                   help="the student's dotted overrides (both students)")
+    p.add_argument("--student", nargs="*", default=[], help="the student's dotted overrides (both students)")
     p.add_argument("--distill", nargs="*", default=[], help="overrides of the distilled student only (distill.*)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=7, help="rounds of the side-by-side step timing (0: skip it)")

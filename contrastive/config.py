@@ -169,6 +169,9 @@ class TrainConfig:
     deterministic: bool = True  # deterministic algorithms (CPU runs are exactly reproducible)
     grad_checkpointing: bool = False  # recompute tower activations in the backward pass
     progress_bar: bool = True  # tqdm progress bar
+    # experiment trackers that get the metrics, config and summary (wandb, mlflow: pip install -e ".[wandb]" / ".[mlflow]")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = field(default_factory=lambda: ["tensorboard"])
+    project: str = ""  # W&B project / MLflow experiment of the tracked run ("" = the config name)
     # a failed checkpoint write: stop (exit 2) | continue (warn; the final one must work)
     on_checkpoint_error: Literal["stop", "continue"] = "stop"
     max_nan_steps: int = 20  # stop after this many steps in a row with a NaN/inf loss or gradient (each is skipped)
@@ -337,6 +340,23 @@ class FinetuneConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: str = ""  # frozen teacher: a run directory, checkpoint or transformers directory (what contrastive.load takes); "" = off
+    weight: float = 0.5  # loss = (1 - weight) * contrastive + weight * distillation (0.5: OpenCLIP's sum of the two, halved)
+    temperature: float = 1.0  # both models' logits are divided by it before the softmax; the loss is scaled by its square
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if not 0.0 <= self.weight <= 1.0:
+            raise ConfigError(f"distill.weight must be in [0, 1], got {self.weight}")
+        if self.temperature <= 0:
+            raise ConfigError(f"distill.temperature must be > 0, got {self.temperature}")
+        _no_nul({"distill.teacher": self.teacher})
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -345,6 +365,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # learning from a frozen teacher's similarities too
     name: str = "run"  # config name (the YAML file stem); names runs by default
 
     def __post_init__(self) -> None:
@@ -354,7 +375,7 @@ class Config:
 # ----------------------------------------------------------------------------------------------------------------------
 # checks: each section checks its own values when it is made (`__post_init__`), the whole config what spans sections
 
-_SECTIONS = ("model", "loss", "data", "optim", "train", "eval", "finetune")
+_SECTIONS = ("model", "loss", "data", "optim", "train", "eval", "finetune", "distill")
 
 
 def validate(cfg: Config) -> None:

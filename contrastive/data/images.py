@@ -125,6 +125,7 @@ class ImageTransform:
     def __init__(self, size: int, mean: list[float], std: list[float], train: bool,
                  crop_scale: tuple[float, float] = (0.9, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> None:
         self.size, self.train, self.crop_scale, self.ratio = size, train, tuple(crop_scale), tuple(ratio)
+        self.mean, self.std = list(mean), list(std)
         std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.scale = 1.0 / (255.0 * std_t)  # (3, 1, 1)
         self.shift = -torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) / std_t  # (3, 1, 1)

@@ -1,9 +1,14 @@
-"""Where a run's numbers go: `metrics.jsonl` and TensorBoard on the main process (a no-op elsewhere)."""
+"""Where a run's numbers go: `metrics.jsonl` and the trackers of `train.report_to` (TensorBoard by default, W&B,
+MLflow; see `tracking`), on the main process (a no-op elsewhere)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+
+from ..errors import error_line
+from .tracking import Tracker
 
 
 def named_metrics(set_name: str, metrics: dict[str, float]) -> dict[str, float]:
@@ -18,9 +23,10 @@ def metrics_of(set_name: str, logged: dict[str, float]) -> dict[str, float]:
 
 
 class MetricsLogger:
-    """metrics.jsonl + TensorBoard on the main process; a no-op elsewhere."""
+    """metrics.jsonl + the run's trackers on the main process; a no-op elsewhere. A tracker that fails (a full disk,
+    an unreachable server) is warned about once and dropped: it never stops the training."""
 
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
+    def __init__(self, run_dir: Path, enabled: bool, trackers: list[Tracker] | None = None) -> None:
         self.enabled = enabled
         self.file = (run_dir / "metrics.jsonl").open("a") if enabled else None
         if self.file is not None and self.file.tell() > 0:  # a kill mid-write left a partial line: end it
@@ -28,30 +34,33 @@ class MetricsLogger:
                 f.seek(-1, 2)
                 if f.read(1) != b"\n":
                     self.file.write("\n")
-        self.tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        self.trackers = list(trackers or []) if enabled else []
 
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:  # tensorboard is a dependency, but a broken install must not stop training
-                self.tb = None
+    def _each(self, method: str, *args: Any) -> None:
+        for tracker in list(self.trackers):
+            try:
+                getattr(tracker, method)(*args)
+            except Exception as e:  # noqa: BLE001 - a tracker is worth less than the run it watches
+                print(f"warning: {type(tracker).__name__}.{method} failed, no more logging to it: "
+                      f"{type(e).__name__}: {error_line(e, 200)}", flush=True)
+                self.trackers.remove(tracker)
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
         self.file.write(json.dumps({"step": step, **values}) + "\n")
         self.file.flush()
-        if self.tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, step)
+        self._each("log", step, values)
+
+    def log_summary(self, summary: dict[str, Any]) -> None:
+        self._each("log_summary", summary)
 
     def close(self) -> None:
         if self.file:
             self.file.close()
-        if self.tb is not None:
-            self.tb.close()
+            self.file = None
+        self._each("close")
+        self.trackers = []
 
 
 # Progress-bar names of the headline eval metrics (the bar is narrow; metrics.jsonl keeps the full names).

@@ -43,11 +43,13 @@ from ..interop.hf_import import checkpoint_files
 from ..losses.batch import BatchLoss
 from ..text.tokenizer import TextTokenizer
 from ..interop.pretrained import resolve_model_config
+from .distill import Teacher
 from .finetune import finetune_param_groups
 from .forgetting import (EMA_SUFFIX, REFERENCE, BaselineHook, best_score, build_ema, reference_evaluation,
                          reference_tracker, trainable_line, with_ema_weights)
 from .guards import NonFiniteGuard, check_inputs, save_or_report
 from .logging import MetricsLogger, eval_postfix, metrics_of, named_metrics
+from .tracking import check_installed, open_trackers
 from .optim import build_optimizer, lr_at, set_lr
 from .run_dir import ReplacedRun, prepare_run_dir, recover_replaced, resolve_run_dir
 from .setup import build_model, prepare_text, resolve_device, wrap_for_training
@@ -111,6 +113,7 @@ class ContrastiveRecipe:
         if cfg.train.deterministic and self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         check_inputs(cfg)
+        check_installed(cfg.train.report_to)
 
     def setup_text(self) -> None:
         """The resolved model config (pretrained sources decide towers and preprocessing; the context is fitted to
@@ -131,7 +134,12 @@ class ContrastiveRecipe:
         self.ema = build_ema(self.model, cfg)
         if self.ema is not None:
             self.model_hooks["ema"] = self.ema
-        self.loss_fn = BatchLoss(cfg.loss, info)
+        self.teacher = None
+        if cfg.distill.teacher:
+            self.teacher = Teacher(cfg.distill, cfg.model, self.device, cfg.train.precision)
+            if info.is_main:
+                print(self.teacher.describe(cfg.distill.teacher), flush=True)
+        self.loss_fn = BatchLoss(cfg.loss, info, cfg.distill if self.teacher is not None else None)
 
     def setup_data(self) -> None:
         """Training batches and the eval sets."""
@@ -235,12 +243,14 @@ class ContrastiveRecipe:
                 self.maybe_save()
                 if self.done or self.stopping:
                     break
-        self.cleanup()
+        self.close_bar()
         if self.stopping:
+            self.cleanup()
             raise Interrupted(self.stop.signum, f"stopped by {self.stop.name} after step {self.progress.step}; saved "
                                                 f"{latest_checkpoint(self.run_dir / 'checkpoints')}; rerun with "
                                                 "train.resume=true")
         self.write_summary()
+        self.cleanup()
 
     def epoch_batches(self):
         """This epoch's remaining batches on the device (the next epoch when a resume found this one over)."""
@@ -252,6 +262,8 @@ class ContrastiveRecipe:
 
     def step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.cfg.train
+        if self.teacher is not None:
+            batch["teacher"] = self.teacher(batch)
         return train_step(self.train_model, batch, self.optimizer, self.scaler, self.loss_fn, self.device,
                           precision=t.precision, grad_clip=self.cfg.optim.grad_clip,
                           micro_batch_size=t.micro_batch_size, info=self.info, forward=self.forward,
@@ -378,7 +390,8 @@ class ContrastiveRecipe:
 
     def start_reporting(self) -> None:
         self.window = Window(torch.zeros((), device=self.device))
-        self.logger = MetricsLogger(self.run_dir, self.info.is_main)
+        trackers = open_trackers(self.cfg, self.run_dir, self.cfg.train.resume) if self.info.is_main else []
+        self.logger = MetricsLogger(self.run_dir, self.info.is_main, trackers)
         if self.info.is_main and self.cfg.train.progress_bar:
             from tqdm.auto import tqdm
 
@@ -397,12 +410,17 @@ class ContrastiveRecipe:
               f"{data['samples_loaded']} loads); captions truncated: {data['truncated_captions']} of "
               f"{data['captions_seen']}")
         (self.run_dir / "summary.json").write_text(json.dumps({**summary, "data": data}, indent=1))
+        if self.logger is not None:
+            self.logger.log_summary({**summary, "data": data})
 
-    def cleanup(self) -> None:
-        """Close the progress bar and the metrics files (safe to call twice)."""
+    def close_bar(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def cleanup(self) -> None:
+        """Close the progress bar, the metrics file and the trackers (safe to call twice)."""
+        self.close_bar()
         if self.logger is not None:
             self.logger.close()
             self.logger = None

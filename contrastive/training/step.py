@@ -149,10 +149,10 @@ def gradcache_backward(
 
 
 def compute_loss(model: nn.Module, batch: dict[str, Any], loss_fn: BatchLoss) -> Tensor:
-    """Forward both towers on this rank's batch and return its contrastive loss over the global batch (0-dim)."""
+    """Forward both towers on this rank's batch and return its loss over the global batch (0-dim)."""
     out = model(batch["pixels"], batch["tokens"])
     return loss_fn(out.image_embeds, out.text_embeds, out.logit_scale, out.logit_bias, batch["image_ids"],
-                   batch["text_ids"])
+                   batch["text_ids"], teacher=batch.get("teacher"))
 
 
 def step_loss_fn(loss_fn: Callable[..., Tensor], compile: bool, **compile_args: Any) -> Callable[..., Tensor]:
@@ -177,7 +177,8 @@ def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.O
                forward: Callable[..., Tensor] = compute_loss, cudagraphs: bool = False) -> tuple[Tensor, Tensor]:
     """One optimizer step; returns (loss, grad norm) as 0-dim device tensors (no host sync).
 
-    batch: "pixels" (b, 3, H, W), "tokens" (b, T) or a dict of them, "image_ids" / "text_ids" (b,).
+    batch: "pixels" (b, 3, H, W), "tokens" (b, T) or a dict of them, "image_ids" / "text_ids" (b,), and with
+    distillation "teacher" (the teacher's `TeacherFeatures` of the batch).
     micro_batch_size: 0 < m < b embeds m rows at a time (gradient caching); `forward` may be `compute_loss`
     compiled (see `step_loss_fn`); `cudagraphs` marks a new step for CUDA-graph replay (compile mode
     reduce-overhead). A NaN/inf loss or gradient leaves weights and optimizer state as they were.
@@ -186,7 +187,7 @@ def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.O
         torch.compiler.cudagraph_mark_step_begin()  # a new step: CUDA-graph outputs of the last one may be reused
     if 0 < micro_batch_size < batch["pixels"].shape[0]:
         def batch_loss(image: Tensor, text: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
-            return loss_fn(image, text, scale, bias, batch["image_ids"], batch["text_ids"])
+            return loss_fn(image, text, scale, bias, batch["image_ids"], batch["text_ids"], teacher=batch.get("teacher"))
 
         loss = gradcache_backward(model, batch["pixels"], batch["tokens"], batch_loss, micro_batch_size,
                                   autocast=lambda: autocast_context(device, precision), scale_loss=scaler.scale)

@@ -13,7 +13,9 @@ import sys
 import torch
 from torch import nn
 
-from contrastive.config import LossConfig, ModelConfig
+import torch.nn.functional as F
+
+from contrastive.config import DistillConfig, LossConfig, ModelConfig
 from contrastive.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -23,7 +25,8 @@ from contrastive.distributed import (
     sync_replicated_grads,
 )
 from contrastive.model import create_model
-from contrastive.losses.batch import global_batch_loss
+from contrastive.losses.batch import BatchLoss, global_batch_loss
+from contrastive.losses.distill import TeacherFeatures
 from contrastive.training.step import gradcache_backward
 from tests.helpers.grads import ZERO_GRADIENT, ZERO_GRADIENT_CLIP, assert_grads_close
 
@@ -37,6 +40,44 @@ def full_grads(model: nn.Module) -> dict[str, torch.Tensor]:
         out[n] = (g.full_tensor() if hasattr(g, "full_tensor") else g).detach().clone()
     model.zero_grad(set_to_none=True)
     return out
+
+
+def distill_checks(base: nn.Module, ddp: nn.Module, pixels: torch.Tensor, tokens: torch.Tensor, ids: torch.Tensor,
+                   rows: slice, info: DistInfo) -> int:
+    """CLIP mixed with distillation from a teacher's features (gathered across ranks), local (tiled) and global,
+    with and without gradient caching, under DDP: mean loss and gradients equal one process on the whole batch."""
+    gen = torch.Generator().manual_seed(1)
+    teacher = TeacherFeatures(F.normalize(torch.randn(len(ids), 24, generator=gen), dim=-1),
+                              F.normalize(torch.randn(len(ids), 24, generator=gen), dim=-1), torch.tensor(20.0))
+    mine = TeacherFeatures(teacher.image[rows], teacher.text[rows], teacher.logit_scale)
+    distill = DistillConfig(teacher="t", weight=0.7, temperature=2.0)
+    checks = 0
+    for local, chunk in ((True, 3), (False, 0)):
+        loss_cfg = LossConfig(local_loss=local, chunk_size=chunk)
+        ref_model = copy.deepcopy(base)
+        out = ref_model(pixels, tokens)
+        ref_loss = BatchLoss(loss_cfg, DistInfo(), distill)(out.image_embeds, out.text_embeds, out.logit_scale,
+                                                           out.logit_bias, ids, ids, teacher=teacher)
+        ref_loss.backward()
+        ref = full_grads(ref_model)
+        batch_loss = BatchLoss(loss_cfg, info, distill)
+        for micro in (0, 3):
+            what = f"distill local={local} chunk={chunk} ddp micro={micro}:"
+
+            def loss_fn(i, t, s, bias):
+                return batch_loss(i, t, s, bias, ids[rows], ids[rows], teacher=mine)
+
+            if micro:
+                loss = gradcache_backward(ddp, pixels[rows], tokens[rows], loss_fn, micro)
+            else:
+                out = ddp(pixels[rows], tokens[rows])
+                loss = loss_fn(out.image_embeds, out.text_embeds, out.logit_scale, out.logit_bias)
+                loss.backward()
+            torch.testing.assert_close(all_reduce_mean(loss.detach(), info), ref_loss.detach(), rtol=1e-5, atol=1e-6,
+                                       msg=lambda m: f"{what} loss: {m}")
+            assert_grads_close(full_grads(ddp.module), ref, what=what, zero=ZERO_GRADIENT_CLIP)
+            checks += 1
+    return checks
 
 
 def main() -> int:
@@ -87,6 +128,7 @@ def main() -> int:
                         got = full_grads(wrapper.module if kind == "ddp" else wrapper)
                         assert_grads_close(got, ref, what=what, zero=ZERO_GRADIENT_CLIP if name == "clip" else ZERO_GRADIENT)
                         checks += 1
+    checks += distill_checks(base, ddp, pixels, tokens, ids, rows, info)
     if info.is_main:
         print(f"checks passed: {checks}")
     cleanup(info)

@@ -126,7 +126,8 @@ def rank_command(argv: list[str]) -> int:
     group.add_argument("--captions", nargs="+", help="candidate captions")
     group.add_argument("--captions-file", help="candidate captions, one per line")
     parser.add_argument("--json", action="store_true", help="print JSON: per image, the ranked captions")
-    parser.add_argument("--plot", default=None, help="write an image x caption probability heatmap (PNG)")
+    parser.add_argument("--plot", default=None, help="write an image x caption probability heatmap (a new PNG)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --plot PNG")
     parser.add_argument("--top-k", type=int_at_least(1), default=None, help="show only the K most probable captions")
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
@@ -135,9 +136,12 @@ def rank_command(argv: list[str]) -> int:
 
     from .errors import ConfigError
     from .data.eval_table import read_lines
-    from .interop.loading import load
     from .evaluation.rank import format_rankings, rankings_from_scores, rankings_to_json, score_captions
+    from .interop.loading import load
+    from .interop.outputs import check_file_output
 
+    if args.plot:
+        check_file_output(args.plot, "--plot", (".png",), "PNG", args.overwrite)
     captions = args.captions if args.captions else read_lines(args.captions_file)
     if empty := [i for i, c in enumerate(captions, 1) if not c.strip()]:  # training skips these as bad samples
         raise ConfigError(f"--captions: caption {empty[0]} is empty; give each candidate some text")
@@ -164,7 +168,8 @@ def eval_command(argv: list[str]) -> int:
     parser.add_argument("--templates", default=None, help="zeroshot: prompt templates with {}, one per line")
     parser.add_argument("--image-key", default="image")
     parser.add_argument("--caption-key", default="", help="retrieval: caption column (default: captions in JSONL, else caption)")
-    parser.add_argument("--output", default=None, help="also write the result JSON here")
+    parser.add_argument("--output", default=None, help="also write the result JSON here (a new file)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output JSON file")
     parser.add_argument("--batch-size", type=int_at_least(1), default=256, help="images or texts per forward pass")
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
@@ -173,9 +178,12 @@ def eval_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     args.device = device_option(args.device)
     import json
-    from pathlib import Path
 
     from .evaluation.evaluate import evaluate_dataset
+    from .interop.checkpoint import atomic_write_text
+    from .interop.outputs import check_file_output
+
+    output = check_file_output(args.output, "--output", (".json",), "JSON", args.overwrite) if args.output else None
 
     result = evaluate_dataset(args.checkpoint, args.data, args.task, image_key=args.image_key,
                               caption_key=args.caption_key, class_key=args.class_key, classes_file=args.classes,
@@ -183,9 +191,9 @@ def eval_command(argv: list[str]) -> int:
                               precision=args.precision, weights=args.weights)
     text = json.dumps(result, indent=1)
     print(text)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(output, text + "\n")
     return 0
 
 
@@ -237,12 +245,16 @@ def tokenizer_command(argv: list[str]) -> int:
     tr.add_argument("--output", required=True, help="directory for tokenizer.json")
     tr.add_argument("--caption-key", default="caption", help="caption column of a table")
     tr.add_argument("--min-frequency", type=int_at_least(1), default=2, help="least count of a pair to be merged")
+    tr.add_argument("--overwrite", action="store_true", help="replace a tokenizer.json already in --output")
     args = parser.parse_args(argv)
     from pathlib import Path
 
     from .errors import DataError
     from .data.sources import iter_captions
+    from .interop.outputs import check_file_output
     from .text.tokenizer import train_bpe
+
+    check_file_output(Path(args.output) / "tokenizer.json", "--output", (".json",), "JSON", args.overwrite)
 
     captions = list(iter_captions(args.data, args.caption_key, setting="--caption-key"))
     if not captions:
@@ -286,8 +298,13 @@ def embed_command(argv: list[str]) -> int:
                              "--checkpoint (CPU)")
     args = parser.parse_args(argv)
     args.device = device_option(args.device)
+    from pathlib import Path
+
+    from .interop.outputs import check_place, hold
     from .search.embed import embed_collection, summary_line, torch_encoder
 
+    check_place(Path(args.output), "--output", overwrite=True)  # an embedding folder may sit in a run, not in its checkpoints
+    hold(args.output, "embed")  # one process fills a folder; held until this process ends
     if args.onnx:  # the torch model stays the collection's model: it checks the ONNX files and embeds queries later
         from .interop.onnx_export import with_onnx
 
@@ -333,15 +350,19 @@ def search_command(argv: list[str]) -> int:
     parser.add_argument("--k", type=int_at_least(1), default=10, help="hits to return")
     parser.add_argument("--captions", action="store_true", help="search the captions instead of the images")
     parser.add_argument("--json", action="store_true", help="print the hits as JSON")
-    parser.add_argument("--grid", default=None, help="write a PNG contact sheet of the query and the hits")
+    parser.add_argument("--grid", default=None, help="write a PNG contact sheet of the query and the hits (a new file)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --grid PNG")
     parser.add_argument("--checkpoint", default=None, help="the model the collection was embedded with, if moved")
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     args.device = device_option(args.device)
     import json
 
+    from .interop.outputs import check_file_output
     from .search.query import Index
 
+    if args.grid:
+        check_file_output(args.grid, "--grid", (".png",), "PNG", args.overwrite)
     index = Index.load(args.index, checkpoint=args.checkpoint, device=args.device)
     target = "captions" if args.captions else "images"
     if args.text is not None:
@@ -369,7 +390,9 @@ def wise_ft_command(argv: list[str]) -> int:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--alpha", type=float, help="write this interpolation as a checkpoint at --output")
     group.add_argument("--alphas", help="sweep these (e.g. 0,0.25,0.5,0.75,1): evaluate each, write a table and a plot")
-    parser.add_argument("--output", required=True, help="--alpha: the new checkpoint folder; --alphas: the results folder")
+    parser.add_argument("--output", required=True, help="--alpha: the new checkpoint folder; --alphas: the results folder "
+                        "(new or empty, outside any run)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output (never a run's checkpoints)")
     parser.add_argument("--weights", default="model", choices=["model", "ema"], help="the fine-tuned run's weights to use")
     parser.add_argument("--eval-target", help="--alphas: the fine-tuning target's held-out table")
     parser.add_argument("--eval-reference", help="--alphas: a table of what the start knew")
@@ -381,16 +404,20 @@ def wise_ft_command(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     args.device = device_option(args.device)
     from .errors import ConfigError
+    from .interop.outputs import check_folder_output, hold
     from .training.wise_ft import check_alpha, parse_alphas, wise_ft
 
     if args.alpha is not None:
         check_alpha(args.alpha)
-        out = wise_ft(args.start, args.finetuned, args.alpha, args.output, weights=args.weights)
+        out = wise_ft(args.start, args.finetuned, args.alpha, args.output, weights=args.weights,
+                      overwrite=args.overwrite)
         print(f"wrote {out} (alpha {args.alpha:g} of {args.start} -> {args.finetuned})")
         return 0
     alphas = parse_alphas(args.alphas)
     if not (args.eval_target and args.eval_reference):
         raise ConfigError("--alphas needs --eval-target and --eval-reference (the tables each alpha is scored on)")
+    check_folder_output(args.output, "--output", args.overwrite)
+    hold(args.output, "wise-ft")  # one process writes there; held until this process ends
     from .data.eval_table import read_eval_table
     from .training.wise_ft import headline, sweep, write_sweep
 

@@ -8,6 +8,7 @@ resumed run sees exactly the batches it would have seen.
 
 from __future__ import annotations
 
+import signal
 from typing import Any, Callable, Iterator
 
 import torch
@@ -103,10 +104,19 @@ class ResumableBatchSampler(Sampler[list[tuple[int, int]]]):
             yield [(int(order[p]), sample_seed(self.seed, self.epoch, p)) for p in positions]
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT/SIGTERM: Slurm, `timeout` and Ctrl-C signal the whole process group, and
+    the main process alone decides how to stop (it finishes its step and saves); a worker that died of the signal
+    would end the run with a traceback instead. Workers still exit when the main process is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def loader_options(data_cfg: DataConfig) -> dict[str, Any]:
     workers = data_cfg.num_workers
     return {
         "num_workers": workers,
+        "worker_init_fn": ignore_stop_signals if workers > 0 else None,
         "pin_memory": data_cfg.pin_memory and torch.cuda.is_available(),
         "persistent_workers": data_cfg.persistent_workers and workers > 0,
         "prefetch_factor": data_cfg.prefetch_factor if workers > 0 else None,

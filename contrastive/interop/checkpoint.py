@@ -261,9 +261,25 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"{path} holds no checkpoint (expected model.safetensors + meta.json, or a run directory)")
 
 
-def prune_checkpoints(checkpoint_dir: Path, keep: int, protect: set[str] = frozenset()) -> None:
-    """Delete all but the newest `keep` checkpoints (and any in `protect`, e.g. the best)."""
-    found = list_checkpoints(checkpoint_dir)
+def written_by(path: Path, run_id: str) -> bool:
+    """Whether the checkpoint at `path` was written by the run `run_id` (its meta's `run_id`). One written before
+    runs had an id counts as the run's when it holds training state (`state.pt`) and is no `wise-ft` output."""
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(meta, dict):
+        return False
+    if "run_id" in meta:
+        return meta["run_id"] == run_id
+    return (path / STATE_FILE).is_file() and "wise_ft" not in meta
+
+
+def prune_checkpoints(checkpoint_dir: Path, keep: int, protect: set[str] = frozenset(),
+                      run_id: str | None = None) -> None:
+    """Delete all but the newest `keep` checkpoints (and any in `protect`, e.g. the best). With `run_id`, only the
+    run's own (`written_by`) are counted and deleted: a checkpoint put there by anything else is left alone."""
+    found = [p for p in list_checkpoints(checkpoint_dir) if run_id is None or written_by(p, run_id)]
     for p in found[: max(len(found) - keep, 0)]:
         if p.name not in protect:
             shutil.rmtree(p, ignore_errors=True)

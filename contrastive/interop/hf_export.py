@@ -158,37 +158,18 @@ def _features(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-def _holds_training_output(path: Path) -> bool:
-    """A checkpoint, a run directory or a run's `checkpoints/` folder: places an export must not write into."""
-    from .checkpoint import is_checkpoint, list_checkpoints
-
-    return is_checkpoint(path) or (path / "checkpoints").is_dir() or bool(list_checkpoints(path))
-
-
 def check_output(checkpoint: Path, output: Path, overwrite: bool = False) -> None:
-    """Refuse an output that would destroy the source, sits inside a run or checkpoint, or holds files (unless
-    `overwrite`); raises CheckpointError in one line. Runs before anything is loaded."""
+    """The rules of `outputs.check_folder_output`, the checkpoint being exported (and the one a run directory names)
+    as the source that is never replaced. Runs before anything is loaded."""
     from .checkpoint import resolve_checkpoint
+    from .outputs import check_folder_output
 
-    sources = {checkpoint.resolve()}
+    sources = [checkpoint.resolve()]
     try:  # a run directory or a weights file names a checkpoint folder
-        sources.add(resolve_checkpoint(checkpoint).resolve())
+        sources.append(resolve_checkpoint(checkpoint).resolve())
     except CheckpointError:
         pass  # an HF directory, or nothing (the loader reports it)
-    target = output.resolve()
-    if any(target == s or target in s.parents for s in sources):
-        raise CheckpointError(f"--output {output} would replace the checkpoint being exported ({checkpoint}); "
-                              "choose a new folder")
-    if output.exists() and not output.is_dir():
-        raise CheckpointError(f"--output {output} is a file, not a folder")
-    if overwrite:
-        return
-    inside = next((p for p in (target, *target.parents) if p.is_dir() and _holds_training_output(p)), None)
-    if inside is not None:
-        raise CheckpointError(f"--output {output} is inside the run or checkpoint {inside}; choose a folder outside "
-                              "it, or pass --overwrite")
-    if output.is_dir() and any(output.iterdir()):
-        raise CheckpointError(f"--output {output} is not empty; choose a new folder, or pass --overwrite to replace it")
+    check_folder_output(output, "--output", overwrite, sources)
 
 
 def export_hf(checkpoint: str | Path, output: str | Path, verify: bool = True, overwrite: bool = False,

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.bad import BadRecord, BadSample, BadSampleTracker
 from ..data.images import PIL_MAX_PIXELS, ImageTransform, decode_image
+from ..data.loader import ignore_stop_signals
 from ..errors import CheckpointError, DataError
 from . import store
 from .collection import Collection, describe, fingerprint, open_collection
@@ -303,7 +304,8 @@ def embed_collection(data: str, output: str | Path, encoder: Encoder, *, image_k
     if max_batches is not None:
         plan = plan[:max_batches]
     loader = DataLoader(ImageRows(collection, encoder.preprocess, max_pixels), batch_sampler=plan, collate_fn=collate,
-                        num_workers=workers if plan else 0, prefetch_factor=4 if workers and plan else None)
+                        num_workers=workers if plan else 0, prefetch_factor=4 if workers and plan else None,
+                        worker_init_fn=ignore_stop_signals)  # a signal to the group: the main process stops
     bar = tqdm(total=len(collection), initial=manifest["next_row"], unit="img", desc="embed", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
     buf = ShardBuffer(manifest["next_row"])

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from ..interop.checkpoint import latest_checkpoint, prune_checkpoints, remove_partial_checkpoints, save_checkpoint
+from ..interop.checkpoint import latest_checkpoint, prune_checkpoints, save_checkpoint
 from ..config import Config
 from ..data import TrainData, build_transform, read_records
+from ..data.diversity import diversity_warnings
 from ..data.prefetch import device_batches
 from ..distributed import (
     DistInfo,
@@ -36,10 +39,11 @@ from ..distributed import (
     is_sharded,
 )
 from ..distributed import cleanup as leave_process_group
-from ..errors import ConfigError, RunError, error_line
+from ..errors import ConfigError, RunError, UserError, error_line
 
 from ..evaluation.evaluate import evaluate_records, record_labels
 from ..interop.hf_import import checkpoint_files
+from ..interop.outputs import release
 from ..losses.batch import BatchLoss
 from ..text.tokenizer import TextTokenizer
 from ..interop.pretrained import resolve_model_config
@@ -51,7 +55,7 @@ from .guards import NonFiniteGuard, check_inputs, save_or_report
 from .logging import MetricsLogger, eval_postfix, metrics_of, named_metrics
 from .tracking import check_installed, open_trackers
 from .optim import build_optimizer, lr_at, set_lr
-from .run_dir import ReplacedRun, prepare_run_dir, recover_replaced, resolve_run_dir
+from .run_dir import ReplacedRun, claim_run_dir
 from .setup import build_model, prepare_text, resolve_device, wrap_for_training
 from .signals import GracefulStop, Interrupted
 from .state import (
@@ -99,6 +103,7 @@ class ContrastiveRecipe:
         self.ema = None  # the moving average of the weights (train.ema_decay)
         self.reference = None  # the reference sets that measure forgetting (eval.reference)
         self.replaced: ReplacedRun | None = None  # an earlier run train.overwrite moved aside, until our 1st checkpoint
+        self.held_run_dir = False  # this process holds the run directory (the main process, once claimed)
 
     # ------------------------------------------------------------------------------------------------------------------
     # set-up
@@ -147,6 +152,10 @@ class ContrastiveRecipe:
         self.train_data = TrainData(cfg.data, cfg.model, self.tokenizer, t.batch_size, t.seed, info.rank,
                                     info.world_size)
         self.steps_per_epoch = self.train_data.steps_per_epoch
+        source = getattr(self.train_data.dataset, "source", None)  # a table or HF dataset (not streamed shards)
+        if info.is_main and source is not None:
+            for line in diversity_warnings(source, t.batch_size):
+                print(line, file=sys.stderr, flush=True)
         if self.steps_per_epoch == 0:
             raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {self.train_data.num_samples} "
                               "training samples")
@@ -156,13 +165,21 @@ class ContrastiveRecipe:
         self.forgetting_sets()
 
     def setup_run_dir(self) -> None:
-        """The run directory, made only once model and data are known to load: a typo leaves nothing behind."""
-        info = self.info
-        self.run_dir = broadcast_object(resolve_run_dir(self.cfg) if info.is_main else None, info)
-        if info.is_main:
-            self.replaced = prepare_run_dir(self.cfg, self.run_dir)
-            remove_partial_checkpoints(self.run_dir / "checkpoints")
-        barrier(info)
+        """The run directory, made only once model and data are known to load: a typo leaves nothing behind. The
+        main process claims it (`run_dir.claim_run_dir`); every rank learns it, or why it was refused."""
+        run_dir, error = None, None
+        if self.info.is_main:
+            try:
+                run_dir, self.replaced = claim_run_dir(self.cfg)
+                self.held_run_dir = True
+            except UserError as e:
+                error = e
+        self.run_dir, reason = broadcast_object((run_dir, error_line(error) if error else ""), self.info)
+        if error is not None:
+            raise error
+        if reason:
+            raise RunError(reason)
+        barrier(self.info)
 
     def validation_set(self) -> EvalSet:
         """`data.val` with `eval.tasks`, as the `val` eval set (a missing class column fails now)."""
@@ -206,6 +223,7 @@ class ContrastiveRecipe:
             if info.is_main:
                 print(f"resumed from {ckpt} (step {self.progress.step})")
         self.train_model, self.forward = wrap_for_training(self.model, t, info, self.device)
+        self.progress.run_id = self.progress.run_id or uuid.uuid4().hex  # a fresh run, or one from before run ids
         self.guard = NonFiniteGuard(t.max_nan_steps, self.device, self.progress.nonfinite_steps,
                                     self.progress.nonfinite_streak)
         self.last_good = latest_checkpoint(self.run_dir / "checkpoints") if self.progress.step else None
@@ -383,7 +401,7 @@ class ContrastiveRecipe:
         ema = self.ema.state_dict_for_model() if self.ema is not None else None
         path = save_checkpoint(checkpoints / f"step_{p.step:08d}", weights, state, checkpoint_meta(p, self.cfg), extra,
                                ema_weights=ema)
-        prune_checkpoints(checkpoints, self.cfg.train.keep_checkpoints, protect={p.best_checkpoint})
+        prune_checkpoints(checkpoints, self.cfg.train.keep_checkpoints, protect={p.best_checkpoint}, run_id=p.run_id)
         if self.replaced is not None:  # the new run has a checkpoint: the one it replaces may go
             self.replaced.settle(keep_new=True)
         return path
@@ -429,8 +447,6 @@ class ContrastiveRecipe:
 def train(cfg: Config) -> Path:
     """Run training as configured; returns the run directory."""
     info = init_distributed("cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu")
-    if info.is_main and cfg.train.run_name:
-        recover_replaced(resolve_run_dir(cfg))
     recipe = None
     try:
         with GracefulStop() as stop:  # SIGINT/SIGTERM: finish the step, save, raise Interrupted
@@ -440,12 +456,14 @@ def train(cfg: Config) -> Path:
                 recipe.train()
             finally:
                 recipe.cleanup()
+        if recipe.replaced is not None:
+            recipe.replaced.settle(keep_new=True)
     except BaseException:
         if recipe is not None and recipe.replaced is not None:  # stopped before its first checkpoint
             recipe.replaced.settle(keep_new=False)
         raise
     finally:
+        if recipe is not None and recipe.held_run_dir:
+            release(recipe.run_dir)  # after the earlier run is settled: nothing in it changes once let go
         leave_process_group(info)
-    if recipe.replaced is not None:
-        recipe.replaced.settle(keep_new=True)
     return recipe.run_dir

@@ -1,6 +1,6 @@
 """Run directories: `output_dir/run_name`, created only once model and data are known to load.
 
-`train.overwrite=true` never loses the earlier run first: it is moved aside to `.<name>.replaced` and deleted once
+A run directory is held by one process at a time (`claim_run_dir`). `train.overwrite=true` never loses the earlier run first: it is moved aside to `.<name>.replaced` and deleted once
 the new run has written its first checkpoint, or put back when the new run stops before that.
 """
 
@@ -11,9 +11,10 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
-from ..interop.checkpoint import list_checkpoints
 from ..config import Config, save_config
 from ..errors import ConfigError
+from ..interop.checkpoint import list_checkpoints, remove_partial_checkpoints
+from ..interop.outputs import hold
 
 
 def resolve_run_dir(cfg: Config) -> Path:
@@ -49,6 +50,18 @@ class ReplacedRun:
         self.aside.replace(self.run_dir)
         print(f"kept the earlier run {self.run_dir}: the run meant to replace it stopped before its first checkpoint",
               flush=True)
+
+
+def claim_run_dir(cfg: Config) -> tuple[Path, ReplacedRun | None]:
+    """The run directory, held by this process (`outputs.hold`: a second process on it stops in one line naming this
+    one, having touched nothing), an interrupted overwrite settled, prepared (see `prepare_run_dir`, whose
+    `ReplacedRun` comes back too) and cleared of half-written checkpoints. The main process only."""
+    run_dir = resolve_run_dir(cfg)
+    hold(run_dir, "train")  # before anything in it is moved, restored or deleted
+    recover_replaced(run_dir)
+    replaced = prepare_run_dir(cfg, run_dir)
+    remove_partial_checkpoints(run_dir / "checkpoints")
+    return run_dir, replaced
 
 
 def prepare_run_dir(cfg: Config, run_dir: Path) -> ReplacedRun | None:

@@ -4,8 +4,11 @@ The first signal only sets a flag: the trainer finishes the step it is in, write
 `Interrupted` (the CLI exits with 128 + signal number, as a shell does). A second signal exits at once: checkpoints are
 written atomically, so the worst case is losing the steps since the last one.
 
-Forked data-loader workers inherit the handler; they ignore the signal and leave the decision to the main process
-(they exit by themselves when it is gone).
+Slurm, `timeout(1)` and Ctrl-C signal the whole process group. DataLoader workers ignore SIGINT/SIGTERM (their
+`worker_init_fn`, `data.loader.ignore_stop_signals`; torch's own worker handler would otherwise die of SIGTERM and
+end the run with "DataLoader worker ... is killed by signal") and leave the decision to the main process; they exit
+by themselves when it is gone. Catching the worker's death in the loop instead would not do: torch reports it from
+a SIGCHLD handler, anywhere in the main thread, mid-optimizer-step included.
 """
 
 from __future__ import annotations

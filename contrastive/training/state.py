@@ -35,6 +35,7 @@ class Progress:
     best_checkpoint: str = ""
     nonfinite_steps: int = 0  # steps skipped for a NaN/inf loss or gradient
     nonfinite_streak: int = 0  # of which in a row, up to `step`
+    run_id: str = ""  # names the run in its checkpoints, so rotation deletes only its own ("": not yet named)
 
     def advance(self, steps_per_epoch: int) -> None:
         """Count one optimizer step, moving to the next epoch after its last batch."""
@@ -107,16 +108,32 @@ def training_state(optimizer_state: dict, scaler: torch.amp.GradScaler, train_da
     return state
 
 
+def first_mismatch(model: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> str:
+    """The first tensor, in the model's order, that the checkpoint lacks or holds in another shape, with both
+    shapes; else the first one only the checkpoint has; "" when names and shapes agree."""
+    for name, tensor in model.items():
+        if name not in saved:
+            return f"{name!r} {tuple(tensor.shape)} of this run's model is not in the checkpoint"
+        if saved[name].shape != tensor.shape:
+            return f"{name!r} is {tuple(saved[name].shape)} in the checkpoint and {tuple(tensor.shape)} in this run's model"
+    extra = next((name for name in saved if name not in model), None)
+    return f"the checkpoint's {extra!r} {tuple(saved[extra].shape)} is not in this run's model" if extra else ""
+
+
 def restore(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
             train_data: TrainData | None = None, hooks: dict[str, ModelStateHook] | None = None) -> Progress:
     """Load a checkpoint into the run's model, optimizer, scaler, RNG, data loader and hooks; returns its progress.
     A hook the checkpoint has no state for keeps its fresh state."""
     meta, state = read_meta(ckpt), load_state(ckpt)
+    weights = load_weights(ckpt)
+    if not is_sharded(model) and (mismatch := first_mismatch(unwrap(model).state_dict(), weights)):
+        raise CheckpointError(f"cannot resume from {ckpt}: it does not fit this run's model ({mismatch}); resume "
+                              "with the config it was saved with")
     try:
         if is_sharded(model):
-            load_full_state_dicts(model, optimizer, load_weights(ckpt), state["optimizer"])
+            load_full_state_dicts(model, optimizer, weights, state["optimizer"])
         else:
-            model.load_state_dict(load_weights(ckpt))
+            model.load_state_dict(weights)
             optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         for name, hook in (hooks or {}).items():

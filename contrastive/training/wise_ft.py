@@ -91,16 +91,13 @@ def _saved_config(finetuned_dir: Path) -> dict:
 
 
 def write_checkpoint(weights: dict[str, torch.Tensor], finetuned_dir: Path, output: Path, info: dict) -> Path:
-    """Write `weights` as a checkpoint directory at `output` (new or empty): the fine-tuned checkpoint's tokenizer
+    """Write `weights` as a checkpoint directory at `output` (checked by the caller): the fine-tuned checkpoint's tokenizer
     and tower files, its config (LoRA merged) and `wise_ft` (alpha, sources) in meta.json. Written in a hidden
     sibling folder and renamed into place, so a failure leaves nothing half-written."""
     from safetensors.torch import save_file
 
     from ..interop.checkpoint import untied
     from ..interop.hf_export import write_folder
-
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise CheckpointError(f"--output {output} exists and is not an empty folder; choose a new one")
 
     def write(folder: Path) -> None:
         save_file(untied(weights), str(folder / MODEL_FILE), metadata={"format": "pt"})
@@ -115,12 +112,19 @@ def write_checkpoint(weights: dict[str, torch.Tensor], finetuned_dir: Path, outp
     return output
 
 
-def wise_ft(start: str | Path, finetuned: str | Path, alpha: float, output: str | Path, weights: str = "model") -> Path:
-    """Write theta(alpha) of the two checkpoints as a checkpoint at `output`; returns its path."""
+def wise_ft(start: str | Path, finetuned: str | Path, alpha: float, output: str | Path, weights: str = "model",
+            overwrite: bool = False) -> Path:
+    """Write theta(alpha) of the two checkpoints as a checkpoint at `output`; returns its path. `output` follows
+    `outputs.check_folder_output` (new or empty, or `overwrite`; never a run's checkpoints or either input)."""
+    from ..interop.checkpoint import resolve_checkpoint
+    from ..interop.outputs import check_folder_output, held
+
     check_alpha(alpha)
-    a, b, b_dir = load_pair(start, finetuned, weights)
-    info = {"start": str(start), "finetuned": str(finetuned), "alpha": alpha, "weights": weights}
-    return write_checkpoint(interpolate(a, b, alpha), b_dir, Path(output), info)
+    check_folder_output(output, "--output", overwrite, [resolve_checkpoint(p).resolve() for p in (start, finetuned)])
+    with held(output, "wise-ft"):  # one process writes there
+        a, b, b_dir = load_pair(start, finetuned, weights)
+        info = {"start": str(start), "finetuned": str(finetuned), "alpha": alpha, "weights": weights}
+        return write_checkpoint(interpolate(a, b, alpha), b_dir, Path(output), info)
 
 
 def check_alpha(alpha: float) -> None:

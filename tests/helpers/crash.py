@@ -17,13 +17,15 @@ SMALL = ["model.image_encoder_args={layers: 1, width: 32, heads: 2}",
          "train.log_every_n_steps=1", "optim.warmup_steps=2"]
 
 
-def launch(out: Path, run_name: str, *overrides: str, delay_s: float = 0.0) -> subprocess.Popen:
+def launch(out: Path, run_name: str, *overrides: str, delay_s: float = 0.0, own_group: bool = False) -> subprocess.Popen:
+    """`own_group`: the process leads a new process group (its DataLoader workers join it), for `os.killpg`."""
     env = subprocess_env()
     if delay_s:
         env["CONTRASTIVE_CHECKPOINT_WRITE_DELAY"] = str(delay_s)
     cmd = [PYTHON, "-m", "contrastive", "train", "--config", "configs/shapes_tiny.yaml", *SMALL,
            f"train.output_dir={out}", f"train.run_name={run_name}", *overrides]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=own_group)
 
 
 def logged_losses(run: Path) -> list[tuple[int, float]]:

@@ -200,7 +200,7 @@ def test_export_refuses_outputs_that_would_destroy_data(tmp_path, capsys):
     # --overwrite replaces the folder as a whole, through a hidden temporary sibling that does not stay
     assert main(["export", "--checkpoint", str(run), "--output", str(mine), "--overwrite", "--no-verify"]) == 0
     assert (mine / "config.json").is_file() and not (mine / "notes.txt").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "mine", "run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "a_file", "mine", "run"]
 
 
 def test_failed_export_leaves_the_output_as_it_was(tmp_path, monkeypatch):
@@ -218,4 +218,4 @@ def test_failed_export_leaves_the_output_as_it_was(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="disagrees"):
         export_hf(run, out, overwrite=True)
     assert [p.name for p in out.iterdir()] == ["old.txt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "out", "run"]

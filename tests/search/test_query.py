@@ -117,7 +117,7 @@ def test_image_paths_stay_inside_the_collection(tiny_run, tmp_path):
             index.image_path(bad)
 
 
-def test_search_cli_json_and_grid(tiny_emb, tmp_path):
+def test_search_cli_json_and_grid(tiny_emb, tmp_path, capsys):
     result = search_cli("--index", tiny_emb, "--text", "a large red circle", "--k", 4, "--json",
                         "--grid", tmp_path / "grid.png")
     assert result.returncode == 0, result.stderr
@@ -128,6 +128,15 @@ def test_search_cli_json_and_grid(tiny_emb, tmp_path):
     np.testing.assert_allclose([h["score"] for h in hits], [h.score for h in in_process], atol=1e-5)
     with Image.open(tmp_path / "grid.png") as sheet:
         assert sheet.format == "PNG" and sheet.size == (5 * 160, 204)  # the query and 4 hits
+    # an existing sheet is replaced only on --overwrite
+    again = ["search", "--index", tiny_emb, "--text", "a blue star", "--k", 2, "--grid", tmp_path / "grid.png"]
+    code, _, err = run_cli(capsys, *again)
+    assert code == 2 and "grid.png exists; choose a new path, or pass --overwrite" in err
+    with Image.open(tmp_path / "grid.png") as sheet:
+        assert sheet.size == (5 * 160, 204)
+    assert run_cli(capsys, *again, "--overwrite")[0] == 0
+    with Image.open(tmp_path / "grid.png") as sheet:
+        assert sheet.size == (3 * 160, 204)
     table = search_cli("--index", tiny_emb, "--image", ROOT / "data/shapes/images/val/00001.jpg", "--k", 2)
     assert table.returncode == 0, table.stderr
     rank, score, id_, path = table.stdout.splitlines()[1].split()[:4]  # the query image itself, first

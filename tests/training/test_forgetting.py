@@ -17,6 +17,7 @@ from contrastive.model import create_model
 from contrastive.interop.loading import load
 from contrastive.training import train
 from tests.conftest import ROOT
+from tests.helpers.crash import assert_resumed, logged_steps
 from tests.helpers.towers import BYTE_TEXT, QUIET, TINY
 from contrastive.evaluation.plots import read_metrics
 
@@ -95,7 +96,12 @@ def test_ema_resumes_exactly_and_load_export_use_it(tmp_path, capsys):
     # as if killed after the checkpoint of step 3: drop what came later, resume
     shutil.rmtree(cut / "checkpoints" / "step_00000006")
     (cut / "checkpoints" / "latest").write_text("step_00000003\n")
+    seen = len(logged_steps(cut))
+    capsys.readouterr()
     run(tmp_path, "cut", *EMA, "train.resume=true")
+    # a resume, not a restart (on the CPU in fp32 both would end with the same weights): it said so and logged
+    # steps 4 to 6 only
+    assert_resumed(capsys.readouterr().out, cut / "checkpoints" / "step_00000003", logged_steps(cut)[seen:])
     a, b = latest_checkpoint(whole / "checkpoints"), latest_checkpoint(cut / "checkpoints")
     ema_a, ema_b = load_file(str(a / "ema.safetensors")), load_file(str(b / "ema.safetensors"))
     weights = load_file(str(a / "model.safetensors"))
@@ -146,7 +152,11 @@ def test_lora_run_resumes_and_trains_only_adapters(tmp_path, start, capsys):
     shutil.copytree(run_dir, again)
     shutil.rmtree(again / "checkpoints" / "step_00000004")
     (again / "checkpoints" / "latest").write_text("step_00000002\n")
+    seen = len(logged_steps(again))
+    capsys.readouterr()
     run(tmp_path, "lora_cut", *lora, "train.resume=true")
+    # a resume, not a deterministic restart: it said so and logged steps 3 and 4 only
+    assert_resumed(capsys.readouterr().out, again / "checkpoints" / "step_00000002", logged_steps(again)[seen:])
     resumed = load_file(str(latest_checkpoint(again / "checkpoints") / "model.safetensors"))
     for k in final:
         assert torch.equal(final[k], resumed[k]), k

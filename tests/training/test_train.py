@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -192,6 +193,10 @@ def test_resuming_with_another_model_is_a_checkpoint_error(tmp_path):
         train(tiny_cfg(tmp_path, "train.batch_size=32", "train.max_steps=2", "data.val=", "train.resume=true",
                        "model.embed_dim=64"))
     assert "\n" not in str(e.value)
+    # the first tensor that differs, with both shapes (the new width is 64)
+    assert re.search(r"'[\w.]+' is \(\d+(, \d+)*\) in the checkpoint and \(\d+(, \d+)*\) in this run's model",
+                     str(e.value)), e.value
+    assert "(64, " in str(e.value)
 
 
 def fake_earlier_run(run_dir):
@@ -235,7 +240,8 @@ def test_overwrite_keeps_the_earlier_run_until_the_new_one_has_a_checkpoint(tmp_
     assert main(argv) == 0
     assert not (tmp_path / "run" / "notes.txt").exists()
     assert (tmp_path / "run" / "checkpoints" / "step_00000001" / "model.safetensors").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "table.csv"]
+    # beside the run only its lock file (kept: see interop.outputs), no hidden copy of the earlier run
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", "run", "table.csv"]
 
 
 def test_a_killed_overwrite_is_recovered_at_the_next_start(tmp_path):

@@ -7,6 +7,10 @@ unit the CPU has. Both compute fp32 products with fp32 accumulation; only the ke
 within a dot product, differs. Forward and backward (the input and weight gradients are the same kind of product)
 take the oneDNN kernel; anything else (autocast, other dtypes or devices, tracing, compilation, export) goes
 through `F.linear` unchanged.
+
+`stacked_linear` runs several layers of one input as one product (fused q/k/v) on weights concatenated at run
+time; on oneDNN it keeps the layers' own weights for the backward and concatenates them again there, instead of
+holding the concatenated copy from the forward until then (a (3C, C) matrix per block less in memory).
 """
 
 from __future__ import annotations
@@ -46,6 +50,28 @@ class _OneDnnLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
+class _OneDnnStackedLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, n: int, *weights_and_biases: torch.Tensor) -> torch.Tensor:
+        weights, biases = weights_and_biases[:n], weights_and_biases[n:]
+        ctx.save_for_backward(x, *weights)
+        return _gemm(x, torch.cat(weights), torch.cat(biases))  # (..., sum N_i)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, *weights = ctx.saved_tensors  # (..., K), n x (N_i, K)
+        sizes = [w.shape[0] for w in weights]
+        g = grad.reshape(-1, grad.shape[-1])  # (M, sum N_i)
+        grad_x, grad_w, grad_b = None, [None] * len(sizes), [None] * len(sizes)
+        if ctx.needs_input_grad[0]:
+            grad_x = _gemm(g, torch.cat(weights).t(), None).view(x.shape)  # (..., K)
+        if any(ctx.needs_input_grad[2:]):  # not for a frozen tower
+            grad_w = _gemm(g.t(), x.reshape(-1, x.shape[-1]).t(), None).split(sizes)  # n x (N_i, K)
+            grad_b = g.sum(0).split(sizes)  # n x (N_i,)
+        return (grad_x, None, *grad_w, *grad_b)
+
+
 def takes_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether `linear(x, weight, ...)` runs on oneDNN: fp32 CPU tensors in eager mode, autocast off."""
     return (_KERNEL is not None and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
@@ -60,6 +86,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if onednn and takes_onednn(x, weight):
         return _OneDnnLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+def stacked_linear(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor],
+                   onednn: bool = True) -> torch.Tensor:
+    """Several linear layers of one input as one product: x (..., K), weights n x (N_i, K), biases n x (N_i,) ->
+    (..., sum N_i), the layers' outputs side by side."""
+    if onednn and takes_onednn(x, weights[0]):
+        return _OneDnnStackedLinear.apply(x, len(weights), *weights, *biases)
+    return F.linear(x, torch.cat(weights), torch.cat(biases))
 
 
 class Linear(nn.Linear):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .linear import Linear, linear
+from .linear import Linear, stacked_linear
 
 Pool = int | torch.Tensor  # the pooled position: one index for every row, or a (B,) tensor of per-row indices
 
@@ -48,10 +48,9 @@ class Attention(nn.Module):
         B, T, C = x.shape
         n = len(projections)
         if self.fused_qkv and all(type(p) in (nn.Linear, Linear) for p in projections):
-            weight = torch.cat([p.weight for p in projections])  # (n C, C)
-            bias = torch.cat([p.bias for p in projections])  # (n C,)
             onednn = all(getattr(p, "onednn", False) for p in projections)
-            out = linear(x, weight, bias, onednn).view(B, T, n, self.heads, C // self.heads)
+            out = stacked_linear(x, [p.weight for p in projections], [p.bias for p in projections], onednn)  # (B, T, n C)
+            out = out.view(B, T, n, self.heads, C // self.heads)
             return out.permute(2, 0, 3, 1, 4).unbind(0)
         return tuple(p(x).view(B, T, self.heads, C // self.heads).transpose(1, 2) for p in projections)
 

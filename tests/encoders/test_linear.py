@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contrastive.encoders.linear import Linear, linear, takes_onednn
+from contrastive.encoders.linear import Linear, linear, stacked_linear, takes_onednn
 from contrastive.encoders.text import TextTransformer
 from contrastive.encoders.vit import VisionTransformer
 from tests.helpers.grads import assert_grads_close
@@ -114,3 +114,31 @@ def test_towers_compute_the_same_with_onednn(fused_qkv):
         torch.testing.assert_close(mkl_y.double(), ref_y, rtol=1e-5, atol=1e-5)
         assert_grads_close({k: v.double() for k, v in g.items()}, ref_g, rtol=1e-4, what="oneDNN")
         assert_grads_close({k: v.double() for k, v in mkl_g.items()}, ref_g, rtol=1e-4, what="MKL")
+
+
+def test_stacked_linear_equals_one_concatenated_layer_and_keeps_no_copy():
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    weights = [torch.randn(16, 16, requires_grad=True) for _ in range(3)]
+    biases = [torch.randn(16, requires_grad=True) for _ in range(3)]
+    grads = {}
+    for onednn in (False, True):
+        for t in (x, *weights, *biases):
+            t.grad = None
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            saved: list[torch.Tensor] = []
+            y = stacked_linear(x, weights, biases, onednn)  # (2, 5, 48)
+        (y * torch.arange(48.0)).sum().backward()
+        grads[onednn] = [y.detach()] + [t.grad for t in (x, *weights, *biases)]
+        # what the backward holds: the input and the layers' own weights on oneDNN, a concatenated copy otherwise
+        held_copy = any(t.numel() == 48 * 16 for t in saved)  # (48, 16) or its transpose
+        assert held_copy != onednn and (not onednn or all(any(t is w for t in saved) for w in weights))
+    for a, b in zip(grads[True], grads[False]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_stacked_linear_skips_weight_gradients_of_a_frozen_layer():
+    x = torch.randn(4, 8, requires_grad=True)
+    weights, biases = [torch.randn(8, 8) for _ in range(2)], [torch.randn(8) for _ in range(2)]
+    stacked_linear(x, weights, biases).sum().backward()
+    torch.testing.assert_close(x.grad, torch.ones(4, 16) @ torch.cat(weights))
+    assert all(w.grad is None for w in weights)

@@ -115,11 +115,9 @@ def test_pooled_last_block_equals_full_sequence(fused_qkv, grad_checkpointing):
             assert b.abs().max() > 0, name  # every parameter (the last block's too) gets a gradient
 
 
-@pytest.mark.parametrize("old_keys", [False, True])
-def test_switches_reach_the_towers_through_the_builder(old_keys):
-    section = "train" if old_keys else "model"  # the keys' old home is still read
-    cfg = load_config(None, [f"{section}.fused_qkv=false", f"{section}.pooled_last_block=false",
-                             "model.onednn_linear=false", "model.tokenizer=byte", "model.context_length=16"])
+def test_switches_reach_the_towers_through_the_builder():
+    cfg = load_config(None, ["model.fused_qkv=false", "model.pooled_last_block=false", "model.onednn_linear=false",
+                             "model.tokenizer=byte", "model.context_length=16"])
     assert cfg.model.fused_qkv is False and cfg.model.pooled_last_block is False and cfg.model.onednn_linear is False
     torch.manual_seed(0)
     plain, tokenizer = create_model(cfg.model)

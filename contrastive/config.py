@@ -45,6 +45,7 @@ class ModelConfig:
     preprocess_from_tower: bool = True  # pretrained hf:/timm:/torchvision: image towers set image_size/mean/std
     fused_qkv: bool = True  # built-in towers compute q/k/v in one GEMM (same parameters and state-dict names)
     pooled_last_block: bool = True  # built-in towers' last block computes only the pooled token (same features)
+    onednn_linear: bool = True  # built-in towers' fp32 CPU linear layers run on oneDNN (MKL is slower on AMD CPUs)
 
     def __post_init__(self) -> None:
         self.validate()

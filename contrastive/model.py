@@ -104,8 +104,8 @@ class ContrastiveModel(nn.Module):
 
 def create_model(cfg: ModelConfig, tokenizer=None) -> tuple[ContrastiveModel, Callable]:
     """Build (model, tokenizer) from a model config. Built-in text towers take their vocabulary and special tokens
-    from the tokenizer; built-in towers take the speed switches `model.fused_qkv` and `model.pooled_last_block`
-    (unless their encoder arguments set them)."""
+    from the tokenizer; built-in towers take the speed switches `model.fused_qkv`, `model.pooled_last_block` and
+    `model.onednn_linear` (unless their encoder arguments set them)."""
     if tokenizer is None:
         if cfg.tokenizer == "auto":
             raise ConfigError("model.tokenizer=auto is learned from the training captions: build the tokenizer with "
@@ -121,6 +121,7 @@ def create_model(cfg: ModelConfig, tokenizer=None) -> tuple[ContrastiveModel, Ca
         if encoder_modality(name) is not None:  # the built-in towers' speed switches (same weights, same features)
             args.setdefault("fused_qkv", cfg.fused_qkv)
             args.setdefault("pooled_last_block", cfg.pooled_last_block)
+            args.setdefault("onednn_linear", cfg.onednn_linear)
     if encoder_modality(cfg.image_encoder) == "image":
         image_args.setdefault("image_size", cfg.image_size)
         if cfg.patch_dropout:

@@ -5,13 +5,19 @@
     python -m scripts.bench --compile             # add torch.compile'd contenders (slow to compile on CPU)
     python -m scripts.bench                       # on a GPU: ViT-B/32 b512 and ViT-B/16 b256 (bf16, compiled too)
     python -m scripts.bench --specs b32,b16,l14   # add ViT-L/14 b128
+    python -m scripts.bench --device cpu --specs b32,b16 --batch-size 8 --grad-checkpointing   # real sizes on a CPU
 
 Prints JSON and appends a markdown table to docs/benchmarks.md (section "## Training speed"). OpenCLIP is the
 optional `bench` extra (`pip install -e .[bench]`); it runs twice, as its training script builds AdamW (torch's
 default implementation) and with the fused AdamW kernel the toolkit's default uses. Speed-ups are given over
 OpenCLIP and over `plain`; without OpenCLIP the toolkit's variants are compared to `plain` alone. With `--data`,
 OpenCLIP reads the table through its own pipeline (`open_clip_train.data.CsvDataset` and its transforms), the
-toolkit through its training loader.
+toolkit through its training loader. `--grad-checkpointing` adds both sides with activations recomputed in the
+backward (`default+grad_ckpt`, `openclip+fused_adamw+grad_ckpt`).
+
+On the CPU each step is also timed in CPU seconds of the process, and the MFU is taken from those: FLOPs per CPU
+second against the best GEMM rate per CPU second measured at the towers' own shapes, so that load from other
+processes (which stretches wall-clock time, by a different amount at the probe than during the steps) cancels.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from scripts import speedbench as B
 
-CPU_VARIANTS = "plain,+foreach_adamw,+fused_adamw,+fused_qkv,+pooled_last_block,+trim_padding,default,default+sync"
+CPU_VARIANTS = ("plain,+foreach_adamw,+fused_adamw,+fused_qkv,+pooled_last_block,+trim_padding,+onednn_linear,default,"
+                "default+sync")
 CUDA_VARIANTS = "plain,+fused_adamw,+fused_qkv,+pooled_last_block,+trim_padding,default,default+sync,default+compile"
 
 
@@ -46,10 +53,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default="", help="fp32 | bf16 | fp16 (default: fp32 on CPU, bf16 on CUDA)")
     p.add_argument("--variants", default="", help=f"toolkit step variants (known: {', '.join(B.VARIANTS)})")
     p.add_argument("--compile", action="store_true", help="add default+compile and OpenCLIP compiled (on by default on CUDA)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="add default+grad_ckpt and openclip+fused_adamw+grad_ckpt (activations recomputed in the backward)")
     p.add_argument("--no-openclip", action="store_true", help="skip OpenCLIP (speedups are then relative to plain)")
+    p.add_argument("--openclip-fused-only", action="store_true",
+                   help="only OpenCLIP with fused AdamW (its faster setting; saves a model's memory at real sizes)")
     p.add_argument("--rounds", type=int, default=0, help="alternation rounds (default 5 CPU, 10 CUDA)")
     p.add_argument("--steps", type=int, default=0, help="steps per contender per round (default 2 CPU, 10 CUDA)")
     p.add_argument("--split-steps", type=int, default=2, help="synchronised steps for the time split")
+    p.add_argument("--warmup-steps", type=int, default=2,
+                   help="untimed steps per contender first (at least 1: the optimizer state is created in the first)")
     p.add_argument("--caption-lengths", default="", metavar="LO-HI",
                    help="synthetic captions of LO..HI tokens (uniform) instead of full-length ones, e.g. 8-40")
     p.add_argument("--data", default="", help="end-to-end mode: a training table read through the real loader")
@@ -73,13 +86,19 @@ def caption_lengths(args: argparse.Namespace) -> tuple[int, int] | None:
 
 
 def contenders_for(spec: B.BenchSpec, device: torch.device, precision: str, variants: list[str], openclip: bool,
-                   compile_openclip: bool) -> list[B.Contender]:
+                   compile_openclip: bool, grad_checkpointing: bool = False,
+                   as_its_script: bool = True) -> list[B.Contender]:
     out = []
     if openclip:
-        torch.manual_seed(0)
-        out.append(B.openclip_contender("openclip", spec, device, precision))
+        if as_its_script:
+            torch.manual_seed(0)
+            out.append(B.openclip_contender("openclip", spec, device, precision))
         torch.manual_seed(0)
         out.append(B.openclip_contender("openclip+fused_adamw", spec, device, precision, fused_adamw=True))
+        if grad_checkpointing:
+            torch.manual_seed(0)
+            out.append(B.openclip_contender("openclip+fused_adamw+grad_ckpt", spec, device, precision, fused_adamw=True,
+                                            grad_checkpointing=True))
         if compile_openclip:
             out.append(B.openclip_contender("openclip+compile", spec, device, precision, compile=True))
     for name in variants:
@@ -108,24 +127,28 @@ def count_flops(contenders: list[B.Contender], spec: B.BenchSpec, device: torch.
     """(useful, executed by contender name) FLOPs of one step on `batch`. Useful: the toolkit's `plain` step, the
     full computation a straightforward model does. Executed: an eager step of the contender's own kind (compiled
     kernels are invisible to the counter), so work a shortcut skips is not counted. The fused kernels (AdamW, q/k/v)
-    run the same matmuls as the plain ones, so toolkit variants are counted per (pooled last block, trimmed padding)."""
+    run the same matmuls as the plain ones, so toolkit variants are counted per (pooled last block, trimmed padding,
+    gradient checkpointing: the recomputed forward is executed work)."""
     def eager_twin(key: tuple) -> B.Contender:
         if key[0] == "openclip":
-            return next(x for x in contenders if x.name == "openclip")
+            return next(x for x in contenders if x.name.startswith("openclip") and ("grad_ckpt" in x.name) == key[1]
+                        and "compile" not in x.name)
         return B.toolkit_contender("flops", spec, device, precision,
-                                   B.dataclasses.replace(B.PLAIN, pooled_last_block=key[1], trim_padding=key[2]))
+                                   B.dataclasses.replace(B.PLAIN, pooled_last_block=key[1], trim_padding=key[2],
+                                                         grad_checkpointing=key[3]))
 
     counted: dict[tuple, int] = {}
     executed = {}
     for c in contenders:
         if c.name.startswith("openclip"):
-            key: tuple = ("openclip",)
+            key: tuple = ("openclip", "grad_ckpt" in c.name)
         else:
-            key = ("toolkit", B.VARIANTS[c.name].pooled_last_block, B.VARIANTS[c.name].trim_padding)
+            o = B.VARIANTS[c.name]
+            key = ("toolkit", o.pooled_last_block, o.trim_padding, o.grad_checkpointing)
         if key not in counted:
             counted[key] = B.step_flops(eager_twin(key), batch, device)
         executed[c.name] = counted[key]
-    plain = ("toolkit", False, False)
+    plain = ("toolkit", False, False, False)
     if plain not in counted:
         counted[plain] = B.step_flops(eager_twin(plain), batch, device)
     return counted[plain], executed
@@ -141,6 +164,8 @@ def bench_spec(spec_name: str, args: argparse.Namespace, device: torch.device) -
     compile_all = args.compile or cuda
     if compile_all and "default+compile" not in variants:
         variants.append("default+compile")
+    if args.grad_checkpointing and "default+grad_ckpt" not in variants:
+        variants.append("default+grad_ckpt")
     unknown = [v for v in variants if v not in B.VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; known: {', '.join(B.VARIANTS)}")
@@ -151,8 +176,9 @@ def bench_spec(spec_name: str, args: argparse.Namespace, device: torch.device) -
         except ImportError:
             print("open_clip is not installed (pip install -e .[bench]); comparing variants only", file=sys.stderr)
             openclip = False
-    contenders = contenders_for(spec, device, precision, variants, openclip, compile_all and openclip)
-    reference = "openclip" if openclip else variants[0]
+    contenders = contenders_for(spec, device, precision, variants, openclip, compile_all and openclip,
+                                args.grad_checkpointing, as_its_script=not args.openclip_fused_only)
+    reference = ("openclip+fused_adamw" if args.openclip_fused_only else "openclip") if openclip else variants[0]
     rounds = args.rounds or (10 if cuda else 5)
     steps = args.steps or (10 if cuda else 2)
 
@@ -161,9 +187,9 @@ def bench_spec(spec_name: str, args: argparse.Namespace, device: torch.device) -
     feeds = make_feeds(contenders, args, spec, device, lengths, tmp.name)
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    matmul_n = 8192 if cuda else 1024
-    # the MFU denominator: the best matmul rate seen before and after the timed steps (a shared CPU varies)
-    peak_rate = max(B.matmul_rate(device, dtype, matmul_n) for _ in range(3))
+    # the MFU denominator: the best GEMM rate at the towers' shapes seen before and after the timed steps
+    shapes = B.gemm_shapes(spec) + ([(8192, 8192, 8192)] if cuda else [])
+    peak_rate = B.matmul_rate(device, dtype, shapes)
     first_step = {}
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     for c in contenders:  # warm-up: compilation, allocator caches, optimizer state, workers started
@@ -172,17 +198,22 @@ def bench_spec(spec_name: str, args: argparse.Namespace, device: torch.device) -
         c.step(next(feeds[c.name]), scaler)
         B.synchronize(device)
         first_step[c.name] = time.perf_counter() - t0
-        c.step(next(feeds[c.name]), scaler)
+        for _ in range(args.warmup_steps - 1):
+            c.step(next(feeds[c.name]), scaler)
     print(f"[{spec_name}] warm-up done: " + ", ".join(f"{k} {v:.1f}s" for k, v in first_step.items()), file=sys.stderr)
 
+    cpu_times: dict[str, list[float]] = {}
     if args.data:
         times = B.run_end_to_end(contenders, feeds, device, precision, rounds, steps)
     else:
-        times = B.run_alternating(contenders, feeds[contenders[0].name], device, precision, rounds, steps)
+        times = B.run_alternating(contenders, feeds[contenders[0].name], device, precision, rounds, steps,
+                                  cpu_times=None if cuda else cpu_times)
     also = ("plain",) if reference != "plain" and "plain" in variants else ()
-    results = B.summarise(contenders, times, spec.batch_size, reference, also)
+    if "openclip+fused_adamw" in times and reference != "openclip+fused_adamw":
+        also = ("openclip+fused_adamw", *also)
+    results = B.summarise(contenders, times, spec.batch_size, reference, also, cpu_times)
 
-    peak_rate = max([peak_rate] + [B.matmul_rate(device, dtype, matmul_n) for _ in range(3)])
+    peak_rate = max(peak_rate, B.matmul_rate(device, dtype, shapes))
     flop_batch = B.synthetic_batch(spec, device, seed=1, caption_lengths=lengths)
     useful, executed = count_flops(contenders, spec, device, precision, flop_batch)
     for c, r in zip(contenders, results):
@@ -190,8 +221,9 @@ def bench_spec(spec_name: str, args: argparse.Namespace, device: torch.device) -
         r.peak_memory_gib = round(B.peak_memory(c, flop_batch, device, precision) / 2**30, 3)
         r.useful_gflop_per_sample = round(useful / spec.batch_size / 1e9, 3)
         r.executed_gflop_per_sample = round(executed[c.name] / spec.batch_size / 1e9, 3)
-        r.mfu_useful = round(useful / r.step_s / peak_rate, 4)
-        r.mfu_executed = round(executed[c.name] / r.step_s / peak_rate, 4)
+        seconds = r.cpu_step_s or r.step_s  # CPU: CPU time, as the probe's (see the module docstring)
+        r.mfu_useful = round(useful / seconds / peak_rate, 4)
+        r.mfu_executed = round(executed[c.name] / seconds / peak_rate, 4)
         r.compile_s = round(first_step[c.name], 2)
     tmp.cleanup()
     return {
@@ -204,6 +236,7 @@ def bench_spec(spec_name: str, args: argparse.Namespace, device: torch.device) -
         "rounds": rounds,
         "steps_per_round": steps,
         "peak_matmul_tflops": round(peak_rate / 1e12, 3),
+        "cpu_timed": bool(cpu_times),
         "results": [B.as_dict(r) for r in results],
         "table": B.markdown_table(results, reference),
     }
@@ -213,7 +246,8 @@ def markdown_report(rep: dict, machine: str, command: str, stamp: str) -> str:
     return (f"\n### {rep['spec']} b{rep['sizes']['batch_size']} {rep['precision']}, {rep['mode']} ({stamp})\n\n"
             f"Machine: {machine}. Command: `{command}`. Medians of {rep['rounds']} alternating rounds of "
             f"{rep['steps_per_round']} steps (× columns: median over rounds of the named contender's step time over "
-            f"this one's); MFU against a measured {rep['peak_matmul_tflops']} TFLOP/s matmul, in useful FLOPs (the "
+            f"this one's); MFU against a measured {rep['peak_matmul_tflops']} TFLOP/s GEMM at the towers' shapes"
+            f"{' (per CPU second, as the steps: see scripts/bench.py)' if rep['cpu_timed'] else ''}, in useful FLOPs (the "
             f"plain step's, the same for every contender) / executed FLOPs (each contender's own step).\n\n"
             f"{rep['table']}\n")
 

@@ -70,15 +70,18 @@ class StepOptions:
     fused_qkv: bool = True  # model.fused_qkv
     pooled_last_block: bool = True  # model.pooled_last_block
     trim_padding: bool = True  # data.trim_padding: the batch's tokens cut to its longest caption (see `trim_length`)
+    onednn_linear: bool = True  # model.onednn_linear: fp32 CPU linear layers on oneDNN's GEMM instead of MKL's
+    grad_checkpointing: bool = False  # train.grad_checkpointing: tower activations recomputed in the backward
     compile: bool = False  # train.compile
     sync_each_step: bool = False  # read the loss on the host after every step (what logging every step costs)
 
 
 # every switch off: the step as a straightforward implementation would run it
-PLAIN = StepOptions(fused_adamw=False, foreach=False, fused_qkv=False, pooled_last_block=False, trim_padding=False)
+PLAIN = StepOptions(fused_adamw=False, foreach=False, fused_qkv=False, pooled_last_block=False, trim_padding=False,
+                    onednn_linear=False)
 
 # name -> options; "default" is what `contrastive train` runs with the shipped config defaults; "+x" is plain with
-# switch x alone turned on
+# switch x alone turned on, "default-x" the default with x off
 VARIANTS: dict[str, StepOptions] = {
     "plain": PLAIN,
     "+foreach_adamw": dataclasses.replace(PLAIN, foreach=True),
@@ -86,7 +89,10 @@ VARIANTS: dict[str, StepOptions] = {
     "+fused_qkv": dataclasses.replace(PLAIN, fused_qkv=True),
     "+pooled_last_block": dataclasses.replace(PLAIN, pooled_last_block=True),
     "+trim_padding": dataclasses.replace(PLAIN, trim_padding=True),
+    "+onednn_linear": dataclasses.replace(PLAIN, onednn_linear=True),
     "default": StepOptions(),
+    "default-onednn_linear": StepOptions(onednn_linear=False),
+    "default+grad_ckpt": StepOptions(grad_checkpointing=True),
     "default+sync": StepOptions(sync_each_step=True),
     "default+compile": StepOptions(compile=True),
 }
@@ -140,13 +146,16 @@ def bench_config(spec: BenchSpec, precision: str, options: StepOptions, lr: floa
     return Config(
         loss=LossConfig(name="clip"),
         optim=OptimConfig(lr=lr, fused=options.fused_adamw, foreach=options.foreach),
-        model=ModelConfig(fused_qkv=options.fused_qkv, pooled_last_block=options.pooled_last_block),
-        train=TrainConfig(batch_size=spec.batch_size, precision=precision, compile=options.compile),
+        model=ModelConfig(fused_qkv=options.fused_qkv, pooled_last_block=options.pooled_last_block,
+                          onednn_linear=options.onednn_linear),
+        train=TrainConfig(batch_size=spec.batch_size, precision=precision, compile=options.compile,
+                          grad_checkpointing=options.grad_checkpointing),
     )
 
 
-def build_toolkit_model(spec: BenchSpec, fused_qkv: bool = True, pooled_last_block: bool = True) -> ContrastiveModel:
-    switches = dict(fused_qkv=fused_qkv, pooled_last_block=pooled_last_block)
+def build_toolkit_model(spec: BenchSpec, fused_qkv: bool = True, pooled_last_block: bool = True,
+                        onednn_linear: bool = True) -> ContrastiveModel:
+    switches = dict(fused_qkv=fused_qkv, pooled_last_block=pooled_last_block, onednn_linear=onednn_linear)
     image = VisionTransformer(spec.image_size, spec.patch_size, spec.vision_width, spec.vision_layers, spec.vision_heads,
                               **switches)
     text = TextTransformer(spec.vocab_size, spec.context_length, spec.text_width, spec.text_layers, spec.text_heads,
@@ -156,7 +165,8 @@ def build_toolkit_model(spec: BenchSpec, fused_qkv: bool = True, pooled_last_blo
 
 def toolkit_contender(name: str, spec: BenchSpec, device: torch.device, precision: str, options: StepOptions) -> Contender:
     cfg = bench_config(spec, precision, options)
-    model = build_toolkit_model(spec, cfg.model.fused_qkv, cfg.model.pooled_last_block).to(device)
+    model = build_toolkit_model(spec, cfg.model.fused_qkv, cfg.model.pooled_last_block, cfg.model.onednn_linear).to(device)
+    model.set_grad_checkpointing(cfg.train.grad_checkpointing)  # as the recipe's setup does
     optimizer = build_optimizer(model, cfg.optim, param_groups(model, cfg.optim))
     forward = step_loss_fn(compute_loss, options.compile)
     loss_fn = BatchLoss(cfg.loss)
@@ -171,11 +181,12 @@ def toolkit_contender(name: str, spec: BenchSpec, device: torch.device, precisio
 
 
 def openclip_contender(name: str, spec: BenchSpec, device: torch.device, precision: str, compile: bool = False,
-                       fused_adamw: bool = False, lr: float = 5e-4) -> Contender:
+                       fused_adamw: bool = False, grad_checkpointing: bool = False, lr: float = 5e-4) -> Contender:
     """OpenCLIP's CLIP at the same sizes, stepped as its `train_one_epoch` does (autocast, ClipLoss, clip grad
     norm, AdamW, logit-scale clamp). Its training script builds AdamW with torch's default implementation (the
     per-tensor loop on CPU); `fused_adamw` gives it the fused kernel the toolkit's default uses, so that the ratio
-    to the toolkit separates optimizer settings from model code."""
+    to the toolkit separates optimizer settings from model code. `grad_checkpointing` is its `--grad-checkpointing`
+    (`model.set_grad_checkpointing()`)."""
     from open_clip.loss import ClipLoss
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
@@ -185,6 +196,7 @@ def openclip_contender(name: str, spec: BenchSpec, device: torch.device, precisi
     text = CLIPTextCfg(context_length=spec.context_length, vocab_size=spec.vocab_size, width=spec.text_width,
                        heads=spec.text_heads, layers=spec.text_layers)
     model = CLIP(spec.embed_dim, vision, text, output_dict=True).to(device)
+    model.set_grad_checkpointing(grad_checkpointing)
     o = OptimConfig(lr=lr)
 
     def no_decay(n: str, p: torch.Tensor) -> bool:  # OpenCLIP's exclusion rule
@@ -336,29 +348,68 @@ if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
     }
 
 
+def _onednn_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """oneDNN's linear ((..., K) @ (N, K)^T), which the counter does not know: 2 M N K, as for `mm`."""
+    return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
+
+
+_FLOP_FORMULAS = dict(_CPU_SDPA)
+if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+    _FLOP_FORMULAS[torch.ops.mkldnn._linear_pointwise] = _onednn_linear_flops
+
+
 def step_flops(contender: Contender, batch: dict[str, Any], device: torch.device) -> int:
     """FLOPs of one training step (forward + backward; the optimizer's elementwise work is not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     scaler = torch.amp.GradScaler(device.type, enabled=False)
-    with FlopCounterMode(display=False, custom_mapping=_CPU_SDPA) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_FLOP_FORMULAS) as counter:
         contender.step(batch, scaler)
     return int(counter.get_total_flops())
 
 
-def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 3) -> float:
-    """Best FLOP/s of an (n x n) @ (n x n) product on this device: the MFU denominator."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    best = math.inf
-    for _ in range(repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        a @ b
-        synchronize(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+def clock(device: torch.device) -> float:
+    """Seconds for timing work on `device`: on a GPU the wall clock; on the CPU the CPU time of this process (all
+    its threads), which other processes on a shared machine do not inflate, as they do the wall clock."""
+    return time.perf_counter() if device.type == "cuda" else time.process_time()
+
+
+def gemm_shapes(spec: BenchSpec) -> list[tuple[int, int, int]]:
+    """(M, K, N) of the towers' linear layers for `spec` (rows = batch x tokens): what the peak-rate probe runs."""
+    shapes = []
+    for tokens, width in (((spec.image_size // spec.patch_size) ** 2 + 1, spec.vision_width),
+                          (spec.context_length, spec.text_width)):
+        m = spec.batch_size * tokens
+        shapes += [(m, width, 3 * width), (m, width, 4 * width), (m, 4 * width, width)]
+    return shapes
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, shapes: list[tuple[int, int, int]],
+                repeats: int = 3) -> float:
+    """Best FLOP/s of (M, K) @ (K, N) products over `shapes` and, on the CPU, over both of PyTorch's GEMM
+    kernels there (MKL behind `F.linear`, oneDNN behind `mkldnn._linear_pointwise`): the MFU denominator.
+
+    Timed with `clock` (CPU time on the CPU), as the steps are, so that the ratio does not depend on the load
+    from other processes at the moment of the probe; the best of several kernels and shapes, so that no step
+    can run its GEMMs faster than the rate it is measured against."""
+    from contrastive.encoders.linear import _KERNEL
+
+    kernels = [lambda x, w: torch.nn.functional.linear(x, w)]
+    if device.type == "cpu" and _KERNEL is not None:
+        kernels.append(lambda x, w: _KERNEL(x, w, None, "none", [], ""))
+    best = 0.0
+    for m, k, n in shapes:
+        x = torch.randn(m, k, device=device, dtype=dtype)
+        w = torch.randn(n, k, device=device, dtype=dtype)
+        for kernel in kernels:
+            kernel(x, w)
+            for _ in range(repeats):
+                synchronize(device)
+                t0 = clock(device)
+                kernel(x, w)
+                synchronize(device)
+                best = max(best, 2 * m * n * k / max(clock(device) - t0, 1e-9))
+    return best
 
 
 def phase_split(contender: Contender, batches: Iterator[dict[str, Any]], device: torch.device, precision: str,
@@ -408,6 +459,8 @@ class Result:
     name: str
     samples_per_s: float
     step_s: float  # median seconds per step over rounds
+    cpu_step_s: float = 0.0  # on the CPU: median CPU seconds of this process per step (what the MFU divides by)
+    cpu_speedup_vs_reference: float = 0.0  # on the CPU: median over rounds of (reference CPU time / own CPU time)
     round_s: list[float] = field(default_factory=list)
     phases_s: dict[str, float] = field(default_factory=dict)
     peak_memory_gib: float = 0.0
@@ -421,9 +474,11 @@ class Result:
 
 
 def run_alternating(contenders: list[Contender], batches: Iterator[dict[str, Any]], device: torch.device,
-                    precision: str, rounds: int, steps_per_round: int) -> dict[str, list[float]]:
+                    precision: str, rounds: int, steps_per_round: int,
+                    cpu_times: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """Seconds per step of each contender in each round; contenders take turns (one block of steps each). The
-    caller warms every contender up first (compilation, allocator caches, optimizer state): every round counts."""
+    caller warms every contender up first (compilation, allocator caches, optimizer state): every round counts.
+    `cpu_times`, if given, receives the same in CPU seconds of this process (all threads)."""
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     times: dict[str, list[float]] = {c.name: [] for c in contenders}
     for r in range(rounds):
@@ -431,13 +486,15 @@ def run_alternating(contenders: list[Contender], batches: Iterator[dict[str, Any
         for c in order:
             batch_list = [next(batches) for _ in range(steps_per_round)]
             synchronize(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for batch in batch_list:
                 loss = c.step(batch, scaler)
                 if c.sync_each_step:
                     loss.item()
             synchronize(device)
             times[c.name].append((time.perf_counter() - t0) / steps_per_round)
+            if cpu_times is not None:
+                cpu_times.setdefault(c.name, []).append((time.process_time() - c0) / steps_per_round)
     return times
 
 
@@ -459,17 +516,22 @@ def run_end_to_end(contenders: list[Contender], feeds: dict[str, Iterator[dict[s
 
 
 def summarise(contenders: list[Contender], times: dict[str, list[float]], batch_size: int, reference: str,
-              also: tuple[str, ...] = ()) -> list[Result]:
+              also: tuple[str, ...] = (), cpu_times: dict[str, list[float]] | None = None) -> list[Result]:
     """Per contender: median step time and samples/s, and the median over rounds of (reference time / own time)
-    for `reference` and for each contender named in `also` (e.g. `plain` beside OpenCLIP)."""
+    for `reference` and for each contender named in `also` (e.g. `plain` beside OpenCLIP); with `cpu_times`, the
+    median CPU time per step and its ratio to the reference's."""
     results = []
     for c in contenders:
         ts = times[c.name]
         speedups = {ref: statistics.median([a / t for a, t in zip(times[ref], ts)]) for ref in (reference, *also)}
         step_s = statistics.median(ts)
-        results.append(Result(c.name, batch_size / step_s, step_s, [round(t, 4) for t in ts],
-                              speedup_vs_reference=speedups[reference],
-                              speedups={k: round(v, 4) for k, v in speedups.items()}))
+        r = Result(c.name, batch_size / step_s, step_s, round_s=[round(t, 4) for t in ts],
+                   speedup_vs_reference=speedups[reference], speedups={k: round(v, 4) for k, v in speedups.items()})
+        if cpu_times:
+            r.cpu_step_s = statistics.median(cpu_times[c.name])
+            r.cpu_speedup_vs_reference = statistics.median(
+                [a / t for a, t in zip(cpu_times[reference], cpu_times[c.name])])
+        results.append(r)
     return results
 
 
@@ -488,14 +550,18 @@ def machine_description(device: torch.device) -> str:
 
 
 def markdown_table(results: list[Result], reference: str) -> str:
+    """One row per contender; on the CPU (CPU times recorded) also the CPU time per step and its ratio."""
     others = [k for k in (results[0].speedups if results else {}) if k != reference]
-    rows = ["| contender | samples/s | × " + " | × ".join([reference, *others]) + " | step ms | data / fwd / bwd / opt ms "
-            "| peak GiB | GFLOP/sample useful / executed | MFU useful / executed |",
-            "|---|---:|" + "---:|" * (1 + len(others)) + "---:|---|---:|---:|---:|"]
+    cpu = bool(results) and results[0].cpu_step_s > 0
+    rows = ["| contender | samples/s | × " + " | × ".join([reference, *others]) + " | step ms "
+            + (f"| CPU ms | × {reference} in CPU time " if cpu else "")
+            + "| data / fwd / bwd / opt ms | peak GiB | GFLOP/sample useful / executed | MFU useful / executed |",
+            "|---|---:|" + "---:|" * (1 + len(others)) + "---:|" + ("---:|---:|" if cpu else "") + "---|---:|---:|---:|"]
     for r in results:
         ph = " / ".join(f"{1000 * r.phases_s.get(k, 0.0):.0f}" for k in ("data", "forward", "backward", "optimizer"))
         ratios = " | ".join(f"{x:.2f}" for x in [r.speedup_vs_reference, *(r.speedups[k] for k in others)])
-        rows.append(f"| {r.name} | {r.samples_per_s:,.1f} | {ratios} | {1000 * r.step_s:.0f} | {ph} "
+        cpu_cells = f"| {1000 * r.cpu_step_s:.0f} | {r.cpu_speedup_vs_reference:.2f} " if cpu else ""
+        rows.append(f"| {r.name} | {r.samples_per_s:,.1f} | {ratios} | {1000 * r.step_s:.0f} {cpu_cells}| {ph} "
                     f"| {r.peak_memory_gib:.2f} | {r.useful_gflop_per_sample:.2f} / {r.executed_gflop_per_sample:.2f} "
                     f"| {100 * r.mfu_useful:.1f}% / {100 * r.mfu_executed:.1f}% |")
     return "\n".join(rows)

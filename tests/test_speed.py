@@ -3,6 +3,7 @@
 import copy
 import itertools
 import statistics
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +17,7 @@ from contrastive.encoders.vit import VisionTransformer
 from contrastive.losses.batch import BatchLoss
 from contrastive.model import create_model
 from contrastive.config import ModelConfig, load_config
+from contrastive.encoders.linear import Linear
 from contrastive.training.step import compute_loss, step_loss_fn
 from tests.conftest import ROOT
 
@@ -113,12 +115,10 @@ def test_pooled_last_block_equals_full_sequence(fused_qkv, grad_checkpointing):
             assert b.abs().max() > 0, name  # every parameter (the last block's too) gets a gradient
 
 
-@pytest.mark.parametrize("old_keys", [False, True])
-def test_switches_reach_the_towers_through_the_builder(old_keys):
-    section = "train" if old_keys else "model"  # the keys' old home is still read
-    cfg = load_config(None, [f"{section}.fused_qkv=false", f"{section}.pooled_last_block=false",
+def test_switches_reach_the_towers_through_the_builder():
+    cfg = load_config(None, ["model.fused_qkv=false", "model.pooled_last_block=false", "model.onednn_linear=false",
                              "model.tokenizer=byte", "model.context_length=16"])
-    assert cfg.model.fused_qkv is False and cfg.model.pooled_last_block is False
+    assert cfg.model.fused_qkv is False and cfg.model.pooled_last_block is False and cfg.model.onednn_linear is False
     torch.manual_seed(0)
     plain, tokenizer = create_model(cfg.model)
     torch.manual_seed(0)
@@ -126,8 +126,10 @@ def test_switches_reach_the_towers_through_the_builder(old_keys):
     for model, on in ((plain, False), (fast, True)):
         attention = [m.fused_qkv for m in model.modules() if isinstance(m, Attention)]
         encoders = [m.pooled_last_block for m in model.modules() if isinstance(m, Encoder)]
+        linears = [m.onednn for m in model.modules() if isinstance(m, Linear)]
         assert len(attention) == 8 and len(encoders) == 2  # vit_tiny and text_tiny: 4 blocks each
-        assert set(attention) == set(encoders) == {on}
+        assert len(linears) == 8 * 6  # q, k, v, out, fc1, fc2 of each block
+        assert set(attention) == set(encoders) == set(linears) == {on}
     # same parameters, same names, same features
     torch.testing.assert_close(fast.state_dict(), plain.state_dict(), rtol=0, atol=0)
     pixels = torch.randn(4, 3, cfg.model.image_size, cfg.model.image_size)
@@ -190,7 +192,8 @@ def test_optimised_step_equals_plain_step():
     assert all(b["trim_length"] == 8 for b in batches)
     plain_losses, plain_weights, plain_opt = _run_steps(B.VARIANTS["plain"], batches)
     assert not plain_opt.defaults["fused"] and not plain_opt.defaults["foreach"]
-    for name in ("+foreach_adamw", "+fused_adamw", "+fused_qkv", "+pooled_last_block", "+trim_padding", "default"):
+    for name in ("+foreach_adamw", "+fused_adamw", "+fused_qkv", "+pooled_last_block", "+trim_padding",
+                 "+onednn_linear", "default-onednn_linear", "default+grad_ckpt", "default"):
         losses, weights, opt = _run_steps(B.VARIANTS[name], batches)
         torch.testing.assert_close(losses, plain_losses, rtol=1e-5, atol=1e-6)
         for k in plain_weights:
@@ -240,10 +243,12 @@ def _forward_flops(spec: B.BenchSpec) -> tuple[int, int, int]:
     return total + attention + conv + 2 * Bn * Bn * E, conv, attention
 
 
+@pytest.mark.parametrize("onednn_linear", [False, True])
 @pytest.mark.parametrize("fused_qkv", [False, True])
-def test_step_flops_count_cpu_attention(fused_qkv):
+def test_step_flops_count_cpu_attention(fused_qkv, onednn_linear):
     fwd, conv, attention = _forward_flops(MICRO)
-    c = B.toolkit_contender("x", MICRO, torch.device("cpu"), "fp32", B.StepOptions(fused_qkv=fused_qkv, pooled_last_block=False))
+    options = B.StepOptions(fused_qkv=fused_qkv, pooled_last_block=False, onednn_linear=onednn_linear)
+    c = B.toolkit_contender("x", MICRO, torch.device("cpu"), "fp32", options)
     # backward = two forwards, except the patch convolution (its input needs no gradient) and attention, whose
     # backward also recomputes the scores (the counter's convention for fused attention kernels)
     expected = 3 * fwd - conv + attention // 2
@@ -293,6 +298,22 @@ def test_openclip_reads_data_through_its_own_pipeline(repo_root, tmp_path):
     assert all(tuple(row.tolist()) in tokenized for row in batch["tokens"])
 
 
+def test_grad_checkpointing_contenders_recompute_the_forward():
+    pytest.importorskip("open_clip")
+    cpu = torch.device("cpu")
+    batch = B.synthetic_batch(MICRO, cpu)
+    theirs = B.openclip_contender("openclip+fused_adamw+grad_ckpt", MICRO, cpu, "fp32", fused_adamw=True,
+                                  grad_checkpointing=True)
+    assert theirs.model.transformer.grad_checkpointing and theirs.model.visual.transformer.grad_checkpointing
+    ours = B.toolkit_contender("default+grad_ckpt", MICRO, cpu, "fp32", B.VARIANTS["default+grad_ckpt"])
+    assert ours.model.image_encoder.encoder.grad_checkpointing and ours.model.text_encoder.encoder.grad_checkpointing
+    for ckpt, plain_name in ((theirs, None), (ours, "default")):
+        plain = (B.openclip_contender("openclip", MICRO, cpu, "fp32") if plain_name is None
+                 else B.toolkit_contender(plain_name, MICRO, cpu, "fp32", B.VARIANTS[plain_name]))
+        # the recomputed forward is executed work: a backward with checkpointing costs one more forward
+        assert B.step_flops(ckpt, batch, cpu) > B.step_flops(plain, batch, cpu)
+
+
 def test_openclip_contender_counts_the_same_flops():
     pytest.importorskip("open_clip")
     batch = B.synthetic_batch(MICRO, torch.device("cpu"))
@@ -310,17 +331,49 @@ def test_measurements_are_consistent():
     device = torch.device("cpu")
     contenders = [B.toolkit_contender(n, MICRO, device, "fp32", B.VARIANTS[n]) for n in ("plain", "default")]
     batches = itertools.repeat(B.synthetic_batch(MICRO, device))
-    times = B.run_alternating(contenders, batches, device, "fp32", rounds=2, steps_per_round=1)
-    assert {k: len(v) for k, v in times.items()} == {"plain": 2, "default": 2}
-    results = B.summarise(contenders, times, MICRO.batch_size, "plain")
-    assert results[0].speedup_vs_reference == 1.0
+    cpu_times = {}
+    times = B.run_alternating(contenders, batches, device, "fp32", rounds=2, steps_per_round=1, cpu_times=cpu_times)
+    assert {k: len(v) for k, v in times.items()} == {k: len(v) for k, v in cpu_times.items()} == {"plain": 2, "default": 2}
+    results = B.summarise(contenders, times, MICRO.batch_size, "plain", cpu_times=cpu_times)
+    assert results[0].speedup_vs_reference == 1.0 and results[0].cpu_speedup_vs_reference == 1.0
     assert results[1].samples_per_s == MICRO.batch_size / statistics.median(times["default"])
+    assert results[1].cpu_step_s == statistics.median(cpu_times["default"]) > 0
     split = B.phase_split(contenders[1], batches, device, "fp32", steps=2)
     assert set(split) == {"data", "forward", "backward", "optimizer"}
     weights = sum(p.numel() * 4 for p in contenders[1].model.parameters())
     peak = B.peak_memory(contenders[1], B.synthetic_batch(MICRO, device), device, "fp32")
     assert peak > 3 * weights  # weights + Adam's two moments, plus gradients and activations on top
-    assert "| default |" in B.markdown_table(results, "plain")
+    table = B.markdown_table(results, "plain").splitlines()
+    assert "| CPU ms | × plain in CPU time |" in table[0] and table[3].startswith("| default |")
+    assert all(row.count("|") == table[0].count("|") for row in table)
+
+
+def test_cpu_clock_counts_work_not_waiting():
+    # the CPU clock of the steps and of the peak-rate probe: time this process is not running (as when other
+    # processes hold the cores) is not counted, so the MFU does not move with the load
+    cpu = torch.device("cpu")
+    t0 = B.clock(cpu)
+    time.sleep(0.3)
+    assert B.clock(cpu) - t0 < 0.1
+    t0 = B.clock(cpu)
+    x = torch.randn(256, 256)
+    while B.clock(cpu) - t0 < 0.05:
+        x @ x
+    assert B.clock(cpu) - t0 >= 0.05
+
+
+def test_peak_rate_probe_runs_the_towers_gemms():
+    spec = B.SPECS["b32"]  # 50 tokens an image, 77 a caption
+    shapes = B.gemm_shapes(B.dataclasses.replace(spec, batch_size=8))
+    assert (8 * 50, 768, 3 * 768) in shapes and (8 * 50, 4 * 768, 768) in shapes and (8 * 77, 512, 4 * 512) in shapes
+    # against the best kernel: oneDNN's fp32 GEMM is among those it times (the towers use it by default)
+    seen = []
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        rate = B.matmul_rate(torch.device("cpu"), torch.float32, [(16, 32, 48)], repeats=1)
+    seen = {e.key for e in prof.key_averages()}
+    assert rate > 0 and "mkldnn::_linear_pointwise" in seen and ("aten::mm" in seen or "aten::addmm" in seen)
 
 
 def test_summary_speedup_is_reference_time_over_own_time():

@@ -25,8 +25,8 @@ class TextEmbeddings(nn.Module):
 class TextTransformer(nn.Module):
     """(B, T) token ids -> (B, width) features at the first end-of-text token (after the final norm).
 
-    `fused_qkv` and `pooled_last_block` are speed switches of the blocks (see `transformer.Encoder`): they change
-    how the features are computed, never the parameters or the features."""
+    `fused_qkv`, `pooled_last_block` and `onednn_linear` are speed switches of the blocks (see `transformer.Encoder`):
+    they change how the features are computed, never the parameters or the features."""
 
     def __init__(
         self,
@@ -41,6 +41,7 @@ class TextTransformer(nn.Module):
         pad_token_id: int = 0,
         fused_qkv: bool = True,
         pooled_last_block: bool = True,
+        onednn_linear: bool = True,
     ) -> None:
         super().__init__()
         self.vocab_size, self.context_length, self.width = vocab_size, context_length, width
@@ -49,7 +50,7 @@ class TextTransformer(nn.Module):
         self.eot_token_id = vocab_size - 1 if eot_token_id is None else eot_token_id
         self.pad_token_id = pad_token_id
         self.embeddings = TextEmbeddings(vocab_size, context_length, width)
-        self.encoder = Encoder(width, layers, heads, mlp_ratio, act, fused_qkv, pooled_last_block)
+        self.encoder = Encoder(width, layers, heads, mlp_ratio, act, fused_qkv, pooled_last_block, onednn_linear)
         self.final_layer_norm = nn.LayerNorm(width, eps=1e-5)
         init_transformer_(self.encoder, width)
 

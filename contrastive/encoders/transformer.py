@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .linear import Linear, stacked_linear
+
 Pool = int | torch.Tensor  # the pooled position: one index for every row, or a (B,) tensor of per-row indices
 
 
@@ -27,27 +29,28 @@ class Attention(nn.Module):
     With `fused_qkv` (the default) the three projections run as one (3C, C) matrix product on weights concatenated
     at run time: one GEMM instead of three, forward and backward, while the parameters, their names and the state
     dict stay those of three `nn.Linear`s. Projections replaced by other modules (adapters) run unfused.
+    `onednn_linear` runs the projections' fp32 CPU products on oneDNN (see `linear`).
     """
 
-    def __init__(self, width: int, heads: int, fused_qkv: bool = True) -> None:
+    def __init__(self, width: int, heads: int, fused_qkv: bool = True, onednn_linear: bool = True) -> None:
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
         self.heads = heads
-        self.q_proj = nn.Linear(width, width)
-        self.k_proj = nn.Linear(width, width)
-        self.v_proj = nn.Linear(width, width)
-        self.out_proj = nn.Linear(width, width)
+        self.q_proj = Linear(width, width, onednn=onednn_linear)
+        self.k_proj = Linear(width, width, onednn=onednn_linear)
+        self.v_proj = Linear(width, width, onednn=onednn_linear)
+        self.out_proj = Linear(width, width, onednn=onednn_linear)
         self.fused_qkv = fused_qkv
 
     def _heads(self, x: torch.Tensor, projections: tuple[nn.Module, ...]) -> tuple[torch.Tensor, ...]:
         """(B, T, C) -> each projection of x as (B, heads, T, C // heads); plain linear ones as one GEMM."""
         B, T, C = x.shape
         n = len(projections)
-        if self.fused_qkv and all(type(p) is nn.Linear for p in projections):
-            weight = torch.cat([p.weight for p in projections])  # (n C, C)
-            bias = torch.cat([p.bias for p in projections])  # (n C,)
-            out = F.linear(x, weight, bias).view(B, T, n, self.heads, C // self.heads)
+        if self.fused_qkv and all(type(p) in (nn.Linear, Linear) for p in projections):
+            onednn = all(getattr(p, "onednn", False) for p in projections)
+            out = stacked_linear(x, [p.weight for p in projections], [p.bias for p in projections], onednn)  # (B, T, n C)
+            out = out.view(B, T, n, self.heads, C // self.heads)
             return out.permute(2, 0, 3, 1, 4).unbind(0)
         return tuple(p(x).view(B, T, self.heads, C // self.heads).transpose(1, 2) for p in projections)
 
@@ -72,14 +75,14 @@ ACTIVATIONS = ("gelu", "quick_gelu")  # quick_gelu: x * sigmoid(1.702 x), as in 
 
 
 class MLP(nn.Module):
-    def __init__(self, width: int, hidden: int, act: str = "gelu") -> None:
+    def __init__(self, width: int, hidden: int, act: str = "gelu", onednn_linear: bool = True) -> None:
         super().__init__()
         if act not in ACTIVATIONS:
             raise ValueError(f"act '{act}' is not one of {', '.join(ACTIVATIONS)}")
         if hidden < 1:
             raise ValueError(f"the MLP of width {width} gets {hidden} hidden units; raise mlp_ratio")
-        self.fc1 = nn.Linear(width, hidden)
-        self.fc2 = nn.Linear(hidden, width)
+        self.fc1 = Linear(width, hidden, onednn=onednn_linear)
+        self.fc2 = Linear(hidden, width, onednn=onednn_linear)
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -90,12 +93,12 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, act: str = "gelu", eps: float = 1e-5,
-                 fused_qkv: bool = True) -> None:
+                 fused_qkv: bool = True, onednn_linear: bool = True) -> None:
         super().__init__()
         self.layer_norm1 = nn.LayerNorm(width, eps=eps)
-        self.self_attn = Attention(width, heads, fused_qkv)
+        self.self_attn = Attention(width, heads, fused_qkv, onednn_linear)
         self.layer_norm2 = nn.LayerNorm(width, eps=eps)
-        self.mlp = MLP(width, int(width * mlp_ratio), act)
+        self.mlp = MLP(width, int(width * mlp_ratio), act, onednn_linear)
 
     def forward(self, x: torch.Tensor, causal: bool = False, pool: Pool | None = None) -> torch.Tensor:
         """(B, T, C) -> (B, T, C); with `pool`, only the pooled token's output: (B, T, C) -> (B, C)."""
@@ -113,13 +116,15 @@ class Encoder(nn.Module):
     only that token's output. With `pooled_last_block` (the default) the last block then computes just that token:
     its query, attention output, MLP and residuals for one row per sample instead of T (keys and values still come
     from every token), which gives the same features for about 1/layers less work. Off, the full sequence is computed
-    and the pooled row selected afterwards. `fused_qkv` goes to every block's attention.
+    and the pooled row selected afterwards. `fused_qkv` goes to every block's attention, `onednn_linear` to every
+    linear layer (see `linear`).
     """
 
     def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, act: str = "gelu",
-                 fused_qkv: bool = True, pooled_last_block: bool = True) -> None:
+                 fused_qkv: bool = True, pooled_last_block: bool = True, onednn_linear: bool = True) -> None:
         super().__init__()
-        self.layers = nn.ModuleList([Block(width, heads, mlp_ratio, act, fused_qkv=fused_qkv) for _ in range(layers)])
+        self.layers = nn.ModuleList([Block(width, heads, mlp_ratio, act, fused_qkv=fused_qkv, onednn_linear=onednn_linear)
+                                     for _ in range(layers)])
         self.grad_checkpointing = False
         self.pooled_last_block = pooled_last_block
 

@@ -31,8 +31,8 @@ class VisionEmbeddings(nn.Module):
 class VisionTransformer(nn.Module):
     """(B, 3, H, W) pixels -> (B, width) pooled features (post-norm of the class token).
 
-    `fused_qkv` and `pooled_last_block` are speed switches of the blocks (see `transformer.Encoder`): they change
-    how the features are computed, never the parameters or the features."""
+    `fused_qkv`, `pooled_last_block` and `onednn_linear` are speed switches of the blocks (see `transformer.Encoder`):
+    they change how the features are computed, never the parameters or the features."""
 
     def __init__(
         self,
@@ -47,6 +47,7 @@ class VisionTransformer(nn.Module):
         init: str = "clip",
         fused_qkv: bool = True,
         pooled_last_block: bool = True,
+        onednn_linear: bool = True,
     ) -> None:
         super().__init__()
         if not 0.0 <= patch_dropout < 1.0:
@@ -56,7 +57,7 @@ class VisionTransformer(nn.Module):
         self.num_layers, self.heads, self.mlp_ratio, self.act = layers, heads, mlp_ratio, act
         self.embeddings = VisionEmbeddings(image_size, patch_size, width)
         self.pre_layrnorm = nn.LayerNorm(width, eps=1e-5)  # transformers' (misspelt) name, kept for weight mapping
-        self.encoder = Encoder(width, layers, heads, mlp_ratio, act, fused_qkv, pooled_last_block)
+        self.encoder = Encoder(width, layers, heads, mlp_ratio, act, fused_qkv, pooled_last_block, onednn_linear)
         self.post_layernorm = nn.LayerNorm(width, eps=1e-5)
         if init == "clip":
             init_transformer_(self.encoder, width)

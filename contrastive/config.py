@@ -87,9 +87,9 @@ class LossConfig:
 class DataConfig:
     train: str = "data/shapes/train.csv"  # training data: CSV/TSV/JSONL file, HF dataset dir, or shard pattern
     val: str = "data/shapes/val.csv"  # held-out data for evaluation during training ("" = none)
-    format: Literal["", "csv", "tsv", "jsonl", "hf", "webdataset"] = ""  # detected from the path when empty
+    format: Literal["", "csv", "tsv", "jsonl", "parquet", "hf", "webdataset"] = ""  # detected from the path when empty
     image_key: str = "image"  # column with image paths (relative to the data file)
-    caption_key: str = "caption"  # column with the caption (or a list of captions)
+    caption_key: str = "caption"  # caption column (or a list of captions); "a,b": pool several columns
     num_workers: int = 2  # dataloader worker processes
     augment: bool = True  # random resized crop (no flips, no colour changes) for training images
     crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])  # RandomResizedCrop scale range

@@ -27,6 +27,7 @@ REASONS: dict[str, str] = {
     "bad_text": "caption is not valid UTF-8 text",
     "missing_columns": "row lacks the image or caption column",
     "outside_root": "image path leads outside the collection root",
+    "long_caption": "caption longer than the field limit (131072 characters)",
 }
 
 

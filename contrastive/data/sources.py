@@ -1,4 +1,4 @@
-"""Where samples come from: CSV/TSV/JSONL tables and HF `datasets` (map-style, indexed by row).
+"""Where samples come from: CSV/TSV/JSONL/Parquet tables and HF `datasets` (map-style, indexed by row).
 
 A source answers `len(source)` and `source.get(i) -> RawSample` (encoded image or path, captions, where it came
 from). Row-level problems (missing columns, empty or non-UTF-8 captions) raise `BadSample` from `get`, so they are
@@ -7,20 +7,22 @@ skipped and counted like unreadable images. WebDataset shards are streams; see `
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import itertools
-import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 import torch
 
-from .bad import BadSample
 from ..errors import DataError
+from .bad import BadSample
+from .tables import MappedRows, column_index, map_table, parse_json_row, row_values
 
-FORMATS = ("csv", "tsv", "jsonl", "hf", "webdataset")
+FORMATS = ("csv", "tsv", "jsonl", "parquet", "hf", "webdataset")
+TABLE_FORMATS = ("csv", "tsv", "jsonl", "parquet")
+FIELD_LIMIT = 131072  # longest caption (characters) a row may hold: Python's csv field limit
 
 
 @dataclass
@@ -62,6 +64,8 @@ def detect_format(path: str) -> str:
         return "tsv"
     if suffix in (".jsonl", ".json"):
         return "jsonl"
+    if suffix == ".parquet":
+        return "parquet"
     if suffix == ".tar" or "{" in path or path.endswith(".tar}"):
         return "webdataset"
     if p.is_dir():
@@ -99,18 +103,22 @@ def pick_caption(captions: list[Any], generator: torch.Generator | None = None) 
 
 
 class TableSource:
-    """CSV/TSV/JSONL rows of `image path (relative to the file), caption` (a caption column may hold a list).
+    """CSV/TSV/JSONL/Parquet rows of `image path (relative to the file), caption` (a caption column may hold a list;
+    `caption_key` may name several columns, comma-separated, whose captions are pooled).
 
-    Bytes that are not UTF-8 are kept (as surrogates) so that only the affected row is bad, not the file.
-    Repeated rows of one image are separate samples: training sees one caption per visit.
-    `settings` name where the two column names came from (config keys, or a command's options), for messages.
+    Rows are read from the table's memory-mapped row cache (see `tables`): no per-row Python object is kept, so
+    DataLoader workers share the rows instead of copying them. Bytes that are not UTF-8 are kept (as surrogates)
+    so that only the affected row is bad, not the file. Repeated rows of one image are separate samples: training
+    sees one caption per visit. In Parquet (as img2dataset writes it) an image value without a suffix is a key:
+    the file `<key>.jpg` (or .jpeg/.png/.webp) in the folder named like the table. `settings` name where the two
+    column names came from (config keys, or a command's options), for messages.
     """
 
     def __init__(self, path: str, image_key: str, caption_key: str, fmt: str = "",
                  settings: tuple[str, str] = ("data.image_key", "data.caption_key")) -> None:
         p = Path(path)
         if p.is_dir():
-            raise DataError(f"{path} is a directory, not a table file (CSV/TSV/JSONL)")
+            raise DataError(f"{path} is a directory, not a table file (CSV/TSV/JSONL/Parquet)")
         if not p.is_file():
             raise DataError(f"data file not found: {path}")
         if p.stat().st_size == 0:
@@ -118,90 +126,107 @@ class TableSource:
                             f"'{image_key}' and '{caption_key}'")
         self.path, self.root = str(path), p.parent
         self.fmt = fmt or detect_format(path)
-        if self.fmt not in ("csv", "tsv", "jsonl"):
-            raise DataError(f"format '{self.fmt}' is not a table format (csv, tsv, jsonl)")
+        if self.fmt not in TABLE_FORMATS:
+            raise DataError(f"format '{self.fmt}' is not a table format ({', '.join(TABLE_FORMATS)})")
         self.image_key, self.caption_key, self.settings = image_key, caption_key, settings
-        # (line number, image, caption(s), other fields) per row; None marks a missing or unparseable value
-        self.rows: list[tuple[int, Any, Any, dict]] = []
-        try:
-            with p.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
-                if self.fmt == "jsonl":
-                    self._read_jsonl(f)
-                else:
-                    self._read_csv(f)
-        except csv.Error as e:  # NUL bytes, oversized fields: the file is not a table we can read
-            raise DataError(f"{path}: malformed table ({e})") from None
-        if not self.rows:
-            raise DataError(f"{path}: no rows")
+        self.table = map_table(path, self.fmt)
+        columns = self.table.columns
+        self.caption_keys = [caption_key] if caption_key in columns or "," not in caption_key else \
+            [k.strip() for k in caption_key.split(",") if k.strip()]
+        self.keys = [image_key, *self.caption_keys]
+        self.positions = [column_index(columns, k) for k in self.keys]
+        if self.fmt != "jsonl":  # JSON rows may lack a key: those rows are bad, not the table
+            for key, position, setting in zip(self.keys, self.positions, (settings[0],) + (settings[1],) * len(self.keys)):
+                if position is None:
+                    raise DataError(f"{path}: no column '{key}' (columns: {', '.join(columns)}); set {setting}")
+        if not len(self.table):
+            raise DataError(f"{path}: no rows (expected columns '{image_key}' and '{caption_key}')")
 
-    def _read_jsonl(self, f) -> None:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                row = None
-            if not isinstance(row, dict):
-                self.rows.append((n, None, None, {}))
-                continue
-            others = {k: v for k, v in row.items() if k not in (self.image_key, self.caption_key)}
-            self.rows.append((n, row.get(self.image_key), row.get(self.caption_key), others))
+    def __getstate__(self) -> dict:
+        # a spawned worker maps the cache again rather than receiving the rows
+        return {**self.__dict__, "table": self.table.cache}
 
-    def _read_csv(self, f) -> None:
-        reader = csv.DictReader(f, delimiter="," if self.fmt == "csv" else "\t")
-        header = reader.fieldnames or []
-        if not any(h.strip() for h in header):
-            raise DataError(f"{self.path}: the first line is blank; it must be the header naming the columns")
-        for key, setting in zip((self.image_key, self.caption_key), self.settings):
-            if key not in header:
-                raise DataError(f"{self.path}: no column '{key}' (columns: {', '.join(header)}); set {setting}")
-        start = end = reader.line_num  # the first and last line of the latest row
-        row: dict = {}
-        for row in reader:
-            start, end = end + 1, reader.line_num
-            others = {k: v for k, v in row.items() if k not in (self.image_key, self.caption_key) and k is not None}
-            self.rows.append((end, row.get(self.image_key), row.get(self.caption_key), others))
-        # a quote never closed swallows the rest of the file into one value of the last row
-        if end > start or any(v is None or (isinstance(v, str) and v.endswith(("\n", "\r"))) for v in row.values()):
-            self._check_quote_closed(f, start)
-
-    def _check_quote_closed(self, f, start: int) -> None:
-        """Raise DataError when the row beginning at line `start` (the file's last) opens a quote it never closes."""
-        f.seek(0)
-        tail = itertools.islice(f, start - 1, None)
-        try:
-            for _ in csv.reader(tail, delimiter="," if self.fmt == "csv" else "\t", strict=True):
-                pass
-        except csv.Error as e:
-            if "end of data" in str(e):
-                raise DataError(f"{self.path} line {start}: a quoted field opens here and is never closed "
-                                "(unterminated \"); the rest of the file was read as one value") from None
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.table = MappedRows(state["table"])
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.table)
 
     def where(self, index: int) -> str:
-        return f"{self.path} row {self.rows[index][0]}"
+        return f"{self.path} row {self.table.line(index)}"
+
+    def _values(self, index: int) -> tuple[Any, Any]:
+        """Row `index`'s image value and caption value (one column's as stored; several columns' pooled)."""
+        image, *captions = row_values(self.table, index, self.keys, self.positions)
+        return image, _pool(captions)
+
+    def row(self, index: int) -> tuple[int, Any, Any, dict]:
+        """(line, image value, caption value, the other columns) of row `index`; None marks a missing value."""
+        image, caption = self._values(index)
+        return self.table.line(index), image, caption, self._others(index)
+
+    def _others(self, index: int) -> dict:
+        if self.table.raw:
+            row = parse_json_row(self.table.value(index, 0)) or {}
+            return {k: v for k, v in row.items() if k not in self.keys}
+        others = {}
+        for position, name in enumerate(self.table.columns):
+            if name not in self.keys:
+                others[name] = self.table.value(index, position)
+        # a key absent from a JSON line reads as null in Arrow
+        return {k: v for k, v in others.items() if v is not None} if self.fmt == "jsonl" else others
 
     def get(self, index: int) -> RawSample:
-        line, image, caption, _ = self.rows[index]
+        image, caption = self._values(index)
         where = self.where(index)
         if not isinstance(image, str) or not image or caption is None:
             raise BadSample("missing_columns", f"needs '{self.image_key}' and '{self.caption_key}'")
-        path = str(self.root / image)
-        return RawSample(path, caption if isinstance(caption, list) else [caption], f"{where} ({image})", path)
+        captions = caption if isinstance(caption, list) else [caption]
+        for c in captions:
+            if isinstance(c, (str, bytes)) and len(c) > FIELD_LIMIT:
+                raise BadSample("long_caption", f"{len(c)} characters")
+        path = self.image_path(image)
+        return RawSample(path, captions, f"{where} ({image})", path)
+
+    def image_path(self, image: str) -> str:
+        if self.fmt == "parquet" and not Path(image).suffix:  # an img2dataset key
+            folder = self.root / Path(self.path).stem
+            for ext in KEY_SUFFIXES:
+                if (folder / (image + ext)).is_file():
+                    return str(folder / (image + ext))
+            return str(folder / (image + KEY_SUFFIXES[0]))
+        return str(self.root / image)
+
+    def captions(self, indices: list[int] | None = None) -> Iterator[Any]:
+        """The caption value of every row (or of rows `indices`), read column-wise."""
+        if self.table.raw:
+            for i in range(len(self)) if indices is None else indices:
+                yield self._values(i)[1]
+            return
+        present = [p for p in self.positions[1:] if p is not None]
+        if not present:
+            yield from itertools.repeat(None, len(self) if indices is None else len(indices))
+            return
+        if indices is None:
+            columns = zip(*(self.table.column_batches(p) for p in present))
+        else:
+            columns = iter([tuple(self.table.take(indices, p) for p in present)])
+        for batch in columns:
+            for values in zip(*batch):
+                yield _pool(list(values))
 
     def records(self) -> list[Record]:
         """Usable rows grouped by image (every caption of an image together), for evaluation."""
         by_image: dict[str, Record] = {}
-        for line, image, caption, others in self.rows:
+        for index in range(len(self)):
+            _, image, caption, others = self.row(index)
             captions = caption if isinstance(caption, list) else [caption]
             # non-text values (class indices in JSONL) are kept as they are, as labels
-            captions = [c for c in captions if c is not None and (not isinstance(c, str) or (c.strip() and _is_utf8(c)))]
+            captions = [c for c in captions if c is not None and (not isinstance(c, str) or _usable_text(c))]
             if not isinstance(image, str) or not image or not captions:
                 continue
-            path = str(self.root / image)
+            path = self.image_path(image)
             if path in by_image:
                 by_image[path].captions += [c for c in captions if c not in by_image[path].captions]
             else:
@@ -209,7 +234,21 @@ class TableSource:
         return list(by_image.values())
 
 
-def _is_utf8(text: str) -> bool:
+KEY_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def _pool(captions: list[Any]) -> Any:
+    """One caption column's value as it is; several columns' captions in one list (None when every one is)."""
+    if len(captions) == 1:
+        return captions[0]
+    pooled = [c for v in captions if v is not None for c in (v if isinstance(v, list) else [v])]
+    return pooled if any(v is not None for v in captions) else None
+
+
+def _usable_text(text: str) -> bool:
+    """Non-blank, valid UTF-8 (no surrogates) and within the field limit."""
+    if not text.strip() or len(text) > FIELD_LIMIT:
+        return False
     try:
         text.encode("utf-8")
         return True
@@ -219,8 +258,8 @@ def _is_utf8(text: str) -> bool:
 
 def read_records(path: str, image_key: str, caption_key: str, fmt: str = "",
                  settings: tuple[str, str] = ("data.image_key", "data.caption_key")) -> list[Record]:
-    """Read a CSV/TSV/JSONL table for evaluation: one Record per image with all its captions (list columns and
-    repeated rows), image paths made absolute. Unusable rows are left out. `settings`: see TableSource."""
+    """Read a CSV/TSV/JSONL/Parquet table for evaluation: one Record per image with all its captions (list
+    columns and repeated rows), image paths made absolute. Unusable rows are left out. `settings`: see TableSource."""
     records = TableSource(path, image_key, caption_key, fmt, settings).records()
     if not records:
         raise DataError(f"{path}: no usable rows (columns '{image_key}', '{caption_key}')")
@@ -228,8 +267,9 @@ def read_records(path: str, image_key: str, caption_key: str, fmt: str = "",
 
 
 def iter_captions(path: str, caption_key: str = "caption", fmt: str = "",
-                  setting: str = "data.caption_key") -> Iterator[str]:
+                  setting: str = "data.caption_key", limit: int | None = None, seed: int = 0) -> Iterator[str]:
     """Every usable caption of a table (list columns flattened), or every non-empty line of a text file.
+    `limit`: a table of more rows gives the captions of `limit` rows drawn with `seed` (in table order).
     `setting` names where `caption_key` came from, for messages."""
     if Path(path).suffix.lower() == ".txt" and not fmt:
         if Path(path).is_dir():
@@ -240,10 +280,14 @@ def iter_captions(path: str, caption_key: str = "caption", fmt: str = "",
             yield from (line.strip() for line in f if line.strip())
         return
     # the caption column stands in for the image one
-    table = TableSource(path, caption_key, caption_key, fmt, (setting, setting))
-    for _, _, caption, _ in table.rows:
+    key = caption_key.split(",")[0].strip() if "," in caption_key else caption_key
+    table = TableSource(path, key, caption_key, fmt, (setting, setting))
+    indices = None
+    if limit is not None and len(table) > limit:
+        indices = sorted(random.Random(seed).sample(range(len(table)), limit))
+    for caption in table.captions(indices):
         for c in caption if isinstance(caption, list) else [caption]:
-            if isinstance(c, str) and c.strip() and _is_utf8(c):
+            if isinstance(c, str) and _usable_text(c):
                 yield c
 
 
@@ -335,7 +379,7 @@ def _as_list(caption: Any) -> list[Any]:
 def open_source(path: str, fmt: str, image_key: str, caption_key: str, split: str = "train") -> Source:
     """A map-style source for a table or HF dataset (`fmt` empty: detected from the path)."""
     fmt = fmt or detect_format(path)
-    if fmt in ("csv", "tsv", "jsonl"):
+    if fmt in TABLE_FORMATS:
         return TableSource(path, image_key, caption_key, fmt)
     if fmt == "hf":
         return HFSource(path, split, image_key, caption_key)

@@ -108,10 +108,9 @@ class TableCollection:
                 raise
             self.table = TableSource(path, image_key, image_key, settings=settings)  # no caption column: images only
             self.has_captions = False
-        rows = self.table.rows
-        if self.has_captions and not any(first_caption(r[2]) for r in rows):
+        if self.has_captions and not any(first_caption(c) for c in self.table.captions()):
             self.has_captions = False  # JSONL rows without the key
-        if not any(isinstance(r[1], str) and r[1] for r in rows):
+        if not any(isinstance(im, str) and im for im in self.table.images()):
             raise DataError(f"{path}: no row names an image in column '{image_key}'")
         self.root = fixed_root(root, os.path.abspath(self.table.root))
         self.real_root = self.root.resolve()
@@ -120,19 +119,20 @@ class TableCollection:
         return len(self.table)
 
     def item(self, row: int) -> Item:
-        _, image, caption, _ = self.table.rows[row]
+        _, image, caption, _ = self.table.row(row)
         if not isinstance(image, str) or not image:
             raise BadSample("missing_columns", f"needs '{self.table.image_key}'")
-        full = os.path.abspath(self.table.root / image)
+        full = os.path.abspath(self.table.image_path(image))
         caption = first_caption(caption) if self.has_captions else None
         return Item(full, inside(full, self.root, self.real_root), caption)
 
     def where(self, row: int) -> str:
-        image = self.table.rows[row][1]
+        image = self.table.row(row)[1]
         return self.table.where(row) + (f" ({image})" if isinstance(image, str) and image else "")
 
     def identities(self, start: int, end: int) -> list[Any]:
-        return [[r[1], r[2] if self.has_captions else None] for r in self.table.rows[start:end]]
+        rows = (self.table.row(i) for i in range(start, min(end, len(self.table))))
+        return [[r[1], r[2] if self.has_captions else None] for r in rows]
 
 
 class FolderCollection:
@@ -292,8 +292,8 @@ def open_collection(data: str, *, image_key: str = "image", caption_key: str = "
         raise DataError(f"--data {data}: no such file or folder")
     else:
         fmt = detect_format(data)
-        if fmt not in ("csv", "tsv", "jsonl"):
-            raise DataError(f"--data {data}: expected a table (.csv, .tsv, .jsonl), a folder or .tar shards")
+        if fmt not in ("csv", "tsv", "jsonl", "parquet"):
+            raise DataError(f"--data {data}: expected a table (.csv, .tsv, .jsonl, .parquet), a folder or .tar shards")
         collection = TableCollection(data, image_key, caption_key, root)
     if len(collection) == 0:
         raise DataError(f"--data {data}: the collection is empty (no images found)")

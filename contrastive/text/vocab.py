@@ -52,8 +52,8 @@ def training_captions(data_cfg: DataConfig, limit: int = MAX_CAPTIONS, seed: int
     from ..data.sources import iter_captions, open_hf_dataset, detect_format
 
     fmt = data_cfg.format or detect_format(data_cfg.train)
-    if fmt in ("csv", "tsv", "jsonl"):
-        captions = list(iter_captions(data_cfg.train, data_cfg.caption_key, fmt))
+    if fmt in ("csv", "tsv", "jsonl", "parquet"):  # a table of more rows gives the captions of `limit` rows
+        captions = list(iter_captions(data_cfg.train, data_cfg.caption_key, fmt, limit=limit, seed=seed))
     elif fmt == "hf":
         ds = open_hf_dataset(data_cfg.train, data_cfg.split)
         if data_cfg.caption_key not in ds.column_names:

@@ -110,14 +110,14 @@ def parse_device(spec: str, key: str = "train.device") -> torch.device:
     return device
 
 
-_TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".jsonl", ".json")
+_TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".jsonl", ".json", ".parquet")
 
 
 def check_inputs(cfg: Config) -> None:
     """Local data tables must exist; other sources (hub ids, shard patterns, HF dirs) are checked by their loaders."""
     for key in ("train", "val"):
         path = getattr(cfg.data, key)
-        local = cfg.data.format in ("csv", "tsv", "jsonl") or (cfg.data.format == "" and path.lower().endswith(_TABLE_SUFFIXES))
+        local = cfg.data.format in ("csv", "tsv", "jsonl", "parquet") or (cfg.data.format == "" and path.lower().endswith(_TABLE_SUFFIXES))
         if path and local and "://" not in path and not Path(path).exists():
             raise DataError(f"data.{key}: file not found: {path} (paths are relative to the working directory)")
     check_encoder_settings(cfg.model)

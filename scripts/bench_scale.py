@@ -17,7 +17,7 @@ memory of that process and of its DataLoader workers (psutil, every 0.2 s):
 Prints the table and the growth exponent of each figure with N (the slope of log figure on log N), and writes both
 to docs/benchmarks.md ("Scale"). Needs open_clip_torch (`pip install ".[bench]"`).
 
-    python scripts/bench_scale.py --sizes 2000,1e4,1e5,1e6 --shards 100,1000 --work /tmp/scale
+    python -m scripts.bench_scale --sizes 2000,1e4,1e5,1e6 --shards 100,1000 --work /tmp/scale
 """
 
 from __future__ import annotations
@@ -128,8 +128,8 @@ def child_toolkit(data: str, start_fraction: float, batches: int) -> dict:
     sys.path.insert(0, str(ROOT))
     from contrastive.config import load_config
     from contrastive.data import TrainData
-    from contrastive.tokenizer import build_tokenizer
-    from contrastive.vocab import training_captions
+    from contrastive.text.tokenizer import build_tokenizer
+    from contrastive.text.vocab import training_captions
 
     cfg = load_config(ROOT / "configs/shapes_tiny.yaml", [
         f"data.train={data}", "data.val=", f"data.num_workers={WORKERS}", f"train.batch_size={BATCH}",
@@ -385,7 +385,7 @@ def main() -> None:
     shards = [int(float(s)) for s in args.shards.split(",") if s]
     started = time.perf_counter()
     rows = run_tables(sizes, work, args.batches, env) + run_shards(shards, args.per_shard, work, args.batches, env)
-    command = "python scripts/bench_scale.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "python -m scripts.bench_scale " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     (work / "results.json").write_text(json.dumps(rows, indent=1))
     report(rows, f"`{command}` ({time.perf_counter() - started:.0f}s)", Path(args.doc))
     if not args.keep:

@@ -198,6 +198,15 @@ class TableSource:
             return str(folder / (image + KEY_SUFFIXES[0]))
         return str(self.root / image)
 
+    def images(self) -> Iterator[Any]:
+        """The image value of every row, read column-wise (None where a row lacks it)."""
+        if self.table.raw or self.positions[0] is None:
+            for i in range(len(self)):
+                yield self._values(i)[0]
+            return
+        for values in self.table.column_batches(self.positions[0]):
+            yield from values
+
     def captions(self, indices: list[int] | None = None) -> Iterator[Any]:
         """The caption value of every row (or of rows `indices`), read column-wise."""
         if self.table.raw:

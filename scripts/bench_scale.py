@@ -9,9 +9,11 @@ memory of that process and of its DataLoader workers (psutil, every 0.2 s):
 - first batch: seconds from the start of the process's work to the first batch (imports excluded). For this package
   it covers the table's row cache (built, or mapped when cached), the bounded caption sample the vocabulary is
   learned from, TrainData and the first batch; for OpenCLIP the CsvDataset (pandas) or WebDataset pipeline and the
-  first batch. Runs: `fresh` (no cache), `cached` (a second start), `resume` (a second start at 90% of the epoch).
-- main peak RSS: the process's own high-water mark (ru_maxrss); worker USS/RSS: the largest sampled value of any
-  worker (USS is its private memory: what copy-on-write or its own reading cost).
+  first batch. Runs, one after the other in one process: `fresh` (no cache), `cached` (a second start), `resume` (a
+  third start, at 90% of the epoch).
+- main peak RSS: the process's own high-water mark (ru_maxrss) when that start was done; main USS and worker
+  USS/RSS: the largest sampled value of the process and of any worker over the process's life (USS is private
+  memory: what copy-on-write or the process's own reading cost).
 - samples/s: the loader's steady rate over `--batches` batches after the first.
 
 Prints the table and the growth exponent of each figure with N (the slope of log figure on log N), and writes both
@@ -124,7 +126,11 @@ class _Bytes:
 # one measurement (in its own process)
 
 
-def child_toolkit(data: str, start_fraction: float, batches: int) -> dict:
+def child_toolkit(data: str, starts: list[float], batches: int) -> dict:
+    """One start per entry of `starts` (the fraction of the epoch to start at), one after the other in this process:
+    the first builds the row cache (the parent removed it), the next ones map it."""
+    import gc
+
     sys.path.insert(0, str(ROOT))
     from contrastive.config import load_config
     from contrastive.data import TrainData
@@ -134,14 +140,19 @@ def child_toolkit(data: str, start_fraction: float, batches: int) -> dict:
     cfg = load_config(ROOT / "configs/shapes_tiny.yaml", [
         f"data.train={data}", "data.val=", f"data.num_workers={WORKERS}", f"train.batch_size={BATCH}",
         "model.tokenizer=byte", "model.context_length=32"])
-    t0 = time.perf_counter()
-    sample = training_captions(cfg.data)  # what the vocabulary is learned from at start-up
-    t_captions = time.perf_counter() - t0
-    train = TrainData(cfg.data, cfg.model, build_tokenizer("byte", 32), BATCH, SEED)
-    t_open = time.perf_counter() - t0
-    start = int(start_fraction * train.steps_per_epoch)
-    return {**_drain(train.batches(0, start), t0, batches), "open_s": t_open, "captions_s": t_captions,
-            "captions": len(sample), "rows": train.num_samples}
+    runs = []
+    for fraction in starts:
+        t0 = time.perf_counter()
+        sample = training_captions(cfg.data)  # what the vocabulary is learned from at start-up
+        t_captions = time.perf_counter() - t0
+        train = TrainData(cfg.data, cfg.model, build_tokenizer("byte", 32), BATCH, SEED)
+        t_open = time.perf_counter() - t0
+        start = int(fraction * train.steps_per_epoch)
+        runs.append({**_drain(train.batches(0, start), t0, batches), "open_s": t_open, "captions_s": t_captions,
+                     "captions": len(sample), "rows": train.num_samples})
+        del train  # its workers end before the next start
+        gc.collect()
+    return {"runs": runs}
 
 
 def child_openclip_csv(table: str, batches: int) -> dict:
@@ -231,6 +242,10 @@ def measure(argv: list[str], env: dict) -> dict:
     return {**json.loads(out.strip().splitlines()[-1]), **peak, "stderr": built}
 
 
+def _peaks(m: dict) -> dict:
+    return {k: m[k] for k in ("main_uss", "worker_uss", "worker_rss")}
+
+
 def run_tables(sizes: list[int], work: Path, batches: int, env: dict) -> list[dict]:
     rows = []
     for n in sizes:
@@ -239,9 +254,8 @@ def run_tables(sizes: list[int], work: Path, batches: int, env: dict) -> list[di
         print(f"table of {n} rows: {table.stat().st_size / 2**20:.0f} MiB, made in {time.perf_counter() - t:.0f}s",
               file=sys.stderr, flush=True)
         shutil.rmtree(work / ".contrastive_cache", ignore_errors=True)
-        fresh = measure(["toolkit", str(table), "0", str(batches)], env)
-        cached = measure(["toolkit", str(table), "0", str(batches)], env)
-        resume = measure(["toolkit", str(table), "0.9", str(batches)], env)
+        ours = measure(["toolkit", str(table), "0,0,0.9", str(batches)], env)
+        fresh, cached, resume = ({**run, **_peaks(ours)} for run in ours["runs"])
         openclip = measure(["openclip_csv", str(table), str(batches)], env)
         rows.append({"kind": "table", "n": n, "toolkit": fresh, "cached": cached, "resume": resume, "openclip": openclip})
         print(json.dumps({k: v for k, v in rows[-1].items()}), file=sys.stderr, flush=True)
@@ -255,8 +269,8 @@ def run_shards(shards: list[int], per_shard: int, work: Path, batches: int, env:
     for s in shards:
         pattern = make_shards(work / f"shards_{s}", s, per_shard)
         samples = s * per_shard
-        fresh = measure(["toolkit", pattern, "0", str(batches)], env)
-        resume = measure(["toolkit", pattern, "0.9", str(batches)], env)
+        ours = measure(["toolkit", pattern, "0,0.9", str(batches)], env)
+        fresh, resume = ({**run, **_peaks(ours)} for run in ours["runs"])
         openclip = measure(["openclip_wds", pattern, str(samples), str(batches)], env)
         rows.append({"kind": "shards", "n": s, "samples": samples, "toolkit": fresh, "resume": resume, "openclip": openclip})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
@@ -354,7 +368,7 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         kind, *rest = sys.argv[2:]
         if kind == "toolkit":
-            out = child_toolkit(rest[0], float(rest[1]), int(rest[2]))
+            out = child_toolkit(rest[0], [float(f) for f in rest[1].split(",")], int(rest[2]))
         elif kind == "openclip_csv":
             out = child_openclip_csv(rest[0], int(rest[1]))
         else:

@@ -14,9 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from torch.utils.data import DataLoader, Dataset
 
-from contrastive.data import BadSample, DataError, ImageTextDataset, ImageTransform, TableSource, read_records
+from contrastive.data import BadSample, ImageTextDataset, ImageTransform, TableSource, read_records
 from contrastive.data.sources import FIELD_LIMIT, iter_captions
 from contrastive.data.tables import CACHE_ENV
+from contrastive.errors import DataError
 from tests.conftest import PYTHON, ROOT, subprocess_env
 
 SHAPES = ROOT / "data/shapes"

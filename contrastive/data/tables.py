@@ -5,7 +5,9 @@ A CSV/TSV/JSONL/Parquet table is read by pyarrow's readers, batch by batch, into
 `~/.cache/contrastive`) when that folder cannot be written. Later starts map the file (`pa.memory_map`): the main
 process and every DataLoader worker read rows from the same clean, shared page cache, which no process copies.
 The cache is keyed by the table's absolute path, size, mtime and an xxh3 hash of its bytes; a changed table is
-read again, and says so.
+read again, and says so. A start does not hash an untouched table: the cache also records the file's inode and
+ctime (which every write changes and no one can set back), and the bytes are hashed only when those differ (a copy,
+a touch, an edit).
 
 Rows keep the meaning the line-by-line readers gave them. pyarrow reads a table when every physical line is one
 row (the common case, checked by counting lines); a table with quoted line breaks, blank lines, rows of the wrong
@@ -83,9 +85,20 @@ class MappedRows:
             yield [_py(v, self.text) for v in batch.column(column).to_pylist()]
 
     def take(self, indices: list[int], column: int) -> list[Any]:
-        """Column `column`'s values at `indices` (any order), read in one vectorised pass."""
-        table = pa.Table.from_batches(self.batches)
-        return [_py(v, self.text) for v in table.column(str(column)).take(pa.array(indices, pa.int64())).to_pylist()]
+        """Column `column`'s values at `indices` (any order), read batch by batch (no column is concatenated)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        order = np.argsort(idx, kind="stable")
+        batch_of = np.searchsorted(self.starts, idx[order], side="right") - 1  # ascending
+        out: list[Any] = [None] * len(idx)
+        bounds = np.flatnonzero(np.diff(batch_of)) + 1
+        for sel in np.split(order, bounds):
+            if not len(sel):
+                continue
+            b = int(np.searchsorted(self.starts, idx[sel[0]], side="right") - 1)
+            values = self.batches[b].column(column).take(pa.array(idx[sel] - self.starts[b])).to_pylist()
+            for position, value in zip(sel.tolist(), values):
+                out[position] = _py(value, self.text)
+        return out
 
 
 def _py(value: Any, text: bool) -> Any:
@@ -96,7 +109,8 @@ def _py(value: Any, text: bool) -> Any:
 def map_table(path: str, fmt: str) -> MappedRows:
     """The rows of the table at `path` (`fmt`: csv, tsv, jsonl or parquet), from its cache, built when missing or
     stale. Raises DataError for a table that cannot be read at all."""
-    key = _file_key(path)
+    stat = _stat_key(path)
+    key: dict[str, str] | None = None
     stale = None
     for cache in _cache_paths(path):
         if cache.is_file():
@@ -105,22 +119,30 @@ def map_table(path: str, fmt: str) -> MappedRows:
             except (pa.ArrowException, OSError, KeyError, ValueError):
                 stale = cache  # cut short by a kill, or written by another version
                 continue
-            if all(rows.meta.get(k) == v for k, v in key.items()):
-                return rows
+            if all(rows.meta.get(k) == v for k, v in stat.items()):
+                return rows  # the very file the cache was built from, untouched since (its ctime would change)
+            key = key or _file_key(path, stat)
+            if all(rows.meta.get(k) == key[k] for k in ("version", "source", "size", "mtime_ns", "hash")):
+                return rows  # copied or touched, same bytes
             stale = cache
     if stale is not None:
         print(f"{path} changed since its row cache was built; reading it again into {stale}", file=sys.stderr)
-    return MappedRows(_build(path, fmt, key))
+    return MappedRows(_build(path, fmt, key or _file_key(path, stat)))
 
 
-def _file_key(path: str) -> dict[str, str]:
+def _stat_key(path: str) -> dict[str, str]:
+    """What the file system says of the file: any write to it changes its ctime, which no one can set back."""
     st = os.stat(path)
+    return {"version": str(CACHE_VERSION), "source": os.path.abspath(path), "size": str(st.st_size),
+            "mtime_ns": str(st.st_mtime_ns), "ctime_ns": str(st.st_ctime_ns), "inode": f"{st.st_dev}:{st.st_ino}"}
+
+
+def _file_key(path: str, stat: dict[str, str]) -> dict[str, str]:
     h = xxhash.xxh3_64()
     with open(path, "rb") as f:
         while chunk := f.read(BLOCK_BYTES):
             h.update(chunk)
-    return {"version": str(CACHE_VERSION), "source": os.path.abspath(path), "size": str(st.st_size),
-            "mtime_ns": str(st.st_mtime_ns), "hash": h.hexdigest()}
+    return {**stat, "hash": h.hexdigest()}
 
 
 def _cache_paths(path: str) -> list[Path]:

@@ -98,6 +98,7 @@ class MappedRows:
             values = self.batches[b].column(column).take(pa.array(idx[sel] - self.starts[b])).to_pylist()
             for position, value in zip(sel.tolist(), values):
                 out[position] = _py(value, self.text)
+        pa.default_memory_pool().release_unused()
         return out
 
 
@@ -167,6 +168,7 @@ def _build(path: str, fmt: str, key: dict[str, str]) -> str:
             continue
         finally:
             tmp.unlink(missing_ok=True)
+        pa.default_memory_pool().release_unused()  # the reader's blocks, before DataLoader workers fork from here
         if key["size"] and int(key["size"]) >= SAY_BUILD_BYTES:
             print(f"read {path} ({rows} rows) into {cache} in {time.perf_counter() - started:.1f}s; later runs map it",
                   file=sys.stderr)

@@ -1,8 +1,8 @@
 """Tables read once into a memory-mapped Arrow file, so that no per-row Python object lives for a run.
 
 A CSV/TSV/JSONL/Parquet table is read by pyarrow's readers, batch by batch, into an Arrow IPC file (the row cache):
-`.contrastive_cache/<name>.arrow` beside the table, or under `$CONTRASTIVE_CACHE` (default
-`~/.cache/contrastive`) when that folder cannot be written. Later starts map the file (`pa.memory_map`): the main
+`.contrastive_cache/<name>.arrow` beside the table, or under `$CONTRASTIVE_CACHE/tables/` (default
+`$XDG_CACHE_HOME/contrastive`, `~/.cache/contrastive`) when that folder cannot be written. Later starts map the file (`pa.memory_map`): the main
 process and every DataLoader worker read rows from the same clean, shared page cache, which no process copies.
 The cache is keyed by the table's absolute path, size, mtime and an xxh3 hash of its bytes; a changed table is
 read again, and says so. A start does not hash an untouched table: the cache also records the file's inode and
@@ -149,7 +149,7 @@ def _file_key(path: str, stat: dict[str, str]) -> dict[str, str]:
 def _cache_paths(path: str) -> list[Path]:
     """Where the cache of `path` may be: beside it, then in the cache folder (named by a hash of the full path)."""
     p = Path(os.path.abspath(path))
-    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "contrastive")
+    root = Path(os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "contrastive")
     tag = hashlib.blake2b(str(p).encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
     return [p.parent / ".contrastive_cache" / f"{p.name}.arrow", root / "tables" / f"{tag}-{p.name}.arrow"]
 

@@ -18,7 +18,7 @@ memory of that process and of its DataLoader workers (psutil, every 0.2 s):
 - cache build: the fresh start's set-up time less the second start's (this package's tables).
 
 Prints the table and the growth exponent of each figure with N (the slope of log figure on log N), and writes both
-to docs/benchmarks.md ("Scale"). Needs open_clip_torch (`pip install ".[bench]"`).
+to docs/benchmarks.md ("Scale: tables and loaders"). Needs open_clip_torch (`pip install ".[bench]"`).
 
     python -m scripts.bench_scale --sizes 2000,1e4,1e5,1e6 --shards 100,1000 --work /tmp/scale
 """
@@ -357,10 +357,13 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+SECTION = "Scale: tables and loaders"
+
+
 def write_doc(doc: Path, lines: list[str]) -> None:
     text = doc.read_text() if doc.is_file() else "# Benchmarks\n"
-    section = "\n".join(["## Scale", "", *lines]) + "\n"
-    m = re.search(r"^## Scale\n.*?(?=^## |\Z)", text, flags=re.S | re.M)
+    section = "\n".join([f"## {SECTION}", "", *lines]) + "\n"
+    m = re.search(rf"^## {SECTION}\n.*?(?=^## |\Z)", text, flags=re.S | re.M)
     text = text[:m.start()] + section + ("\n" + text[m.end():] if m.end() < len(text) else "") if m else \
         text.rstrip("\n") + "\n\n" + section
     doc.write_text(text)

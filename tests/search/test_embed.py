@@ -193,7 +193,8 @@ def test_resuming_on_a_changed_collection_is_refused(tiny_run, small_table, tmp_
     for what, new_rows in changes.items():
         small_table.write_text("\n".join([header, *new_rows]) + "\n")
         code, _, err = run_cli(capsys, *common)
-        lines = err.strip().splitlines()
+        # the table's row cache says once that it reads the changed table again
+        lines = [line for line in err.strip().splitlines() if "changed since its row cache" not in line]
         assert code == 2 and len(lines) == 1, (what, err)
         shard_rows = "0..7" if what != "image renamed" else "8..15"
         assert f"changed since {out} was embedded: rows {shard_rows}" in lines[0] and "new --output" in lines[0], what

@@ -148,7 +148,7 @@ def test_sections_validate_themselves_when_made(make, key):
 @pytest.mark.parametrize("override,message", [
     ("loss.name=l2", "loss.name='l2' is not one of 'clip', 'siglip'"),
     ("train.compile_mode=fastest", "train.compile_mode='fastest' is not one of 'default', 'reduce-overhead'"),
-    ("data.format=parquet", "data.format='parquet' is not one of '', 'csv'"),
+    ("data.format=xlsx", "data.format='xlsx' is not one of '', 'csv'"),
     ("eval.tasks=[retrieval,zs]", "eval.tasks[1]='zs' is not one of 'retrieval', 'zeroshot'"),
 ])
 def test_choices_are_checked_when_cast(override, message):

@@ -202,8 +202,13 @@ def plot_command(argv: list[str]) -> int:
     parser = Parser(prog="contrastive plot", description="Plot a run's metrics.jsonl.")
     parser.add_argument("run_dir")
     parser.add_argument("--output", default=None, help="folder for the PNGs (default: RUN_DIR/plots)")
+    parser.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --output folder")
     args = parser.parse_args(argv)
     from .evaluation.plots import plot_run
+    from .interop.outputs import check_folder_output
+
+    if args.output is not None:  # the run's own plots/ folder is the command's to rewrite; another place follows
+        check_folder_output(args.output, "--output", args.overwrite)  # the rules every writing command follows
 
     for path in plot_run(args.run_dir, args.output):
         print(path)

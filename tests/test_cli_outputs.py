@@ -16,7 +16,8 @@ def snapshot(folder):
 
 
 @pytest.mark.parametrize("case", ["eval onto a CSV", "eval onto its JSON", "rank onto a PNG", "wise-ft into checkpoints",
-                                  "wise-ft sweep into a checkpoint", "tokenizer into checkpoints"])
+                                  "wise-ft sweep into a checkpoint", "tokenizer into checkpoints",
+                                  "plot into a full folder", "plot into a checkpoint"])
 def test_writing_commands_refuse_what_is_not_theirs(case, tiny_run, tmp_path, capsys):
     val = tiny_run.parent / "val64.csv"
     table = tmp_path / "table.csv"
@@ -39,6 +40,8 @@ def test_writing_commands_refuse_what_is_not_theirs(case, tiny_run, tmp_path, ca
                                             "which only its run writes"),
         "tokenizer into checkpoints": (["tokenizer", "train", "--data", val, "--vocab-size", "300", "--output",
                                         tiny_run / "checkpoints"], "which only its run writes"),
+        "plot into a full folder": (["plot", tiny_run, "--output", tmp_path], "is not empty; choose a new folder"),
+        "plot into a checkpoint": (["plot", tiny_run, "--output", ckpt, "--overwrite"], "which only its run writes"),
     }[case]
     before, mine = snapshot(tiny_run), snapshot(tmp_path)
     capsys.readouterr()
@@ -54,3 +57,9 @@ def test_overwrite_replaces_a_file_of_the_command_s_own_kind(tiny_run, tmp_path,
     assert main(["eval", "--task", "retrieval", "--checkpoint", str(tiny_run), "--data",
                  str(tiny_run.parent / "val64.csv"), "--output", str(old), "--overwrite"]) == 0
     assert "metrics" in old.read_text()
+
+
+def test_plot_writes_a_new_folder_and_rewrites_its_own(tiny_run, tmp_path):
+    assert main(["plot", str(tiny_run), "--output", str(tmp_path / "pictures")]) == 0
+    assert (tmp_path / "pictures" / "loss.png").is_file()
+    assert main(["plot", str(tiny_run), "--output", str(tmp_path / "pictures"), "--overwrite"]) == 0

@@ -2,8 +2,8 @@
 fewer distinct ones than a batch holds, so that every batch pairs an image with a caption that is also another
 image's, and the loss pushes apart what is the same.
 
-Counting stops once `batch_size` distinct values are seen, so good data costs a few rows; a table is read from the
-rows already in memory, an HF dataset through its Arrow column in chunks. Streamed shards are not checked.
+Counting stops once `batch_size` distinct values are seen, so good data costs a few rows; a table is read column-wise from
+its memory-mapped rows, an HF dataset through its Arrow column in chunks. Streamed shards are not checked.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _distinct(values: Iterable[str], limit: int) -> tuple[set, int]:
 def _columns(source: Source) -> tuple[Iterable[Any], Iterable[Any]] | None:
     """(captions, images) of every row, lazily; None for a source this cannot read cheaply."""
     if isinstance(source, TableSource):
-        return (row[2] for row in source.rows), (row[1] for row in source.rows)
+        return source.captions(), source.images()  # column-wise from the memory-mapped rows
     if isinstance(source, HFSource):
         def column(key: str) -> Iterator[Any]:
             for chunk in source.ds.select_columns([key]).iter(batch_size=1024):

@@ -84,9 +84,38 @@ class LossConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One source of training (or validation) data with its own columns. On the command line or in a YAML list a
+    plain path is a source of weight 1 with the data section's columns and format."""
+
+    path: str = ""  # CSV/TSV/JSONL file, HF dataset dir, or shard pattern
+    weight: float = 1.0  # share of each batch, relative to the other sources' weights (training only)
+    image_key: str = ""  # column (or shard extension) with the image; "" = data.image_key
+    caption_key: str = ""  # column (or shard extension) with the caption; "" = data.caption_key
+    format: Literal["", "csv", "tsv", "jsonl", "parquet", "hf", "webdataset"] = ""  # "" = data.format, else detected
+    name: str = ""  # name of the source in logged counts (samples/<name>); "" = the file's or folder's stem
+
+    @classmethod
+    def from_string(cls, value: str) -> "SourceConfig":
+        return cls(path=value)
+
+    def validate(self, key: str) -> None:
+        """`key`: where the source sits (`data.train[0]`)."""
+        _check_choices(self, key)
+        if not self.path:
+            raise ConfigError(f"{key}: path is empty")
+        if not (self.weight > 0 and math.isfinite(self.weight)):
+            raise ConfigError(f"{key}: weight must be > 0, got {self.weight}")
+        _no_nul({f"{key}.path": self.path})
+
+
+@dataclass
 class DataConfig:
-    train: str = "data/shapes/train.csv"  # training data: CSV/TSV/JSONL file, HF dataset dir, or shard pattern
-    val: str = "data/shapes/val.csv"  # held-out data for evaluation during training ("" = none)
+    # training data: a path (CSV/TSV/JSONL/Parquet file, HF dataset dir, or shard pattern) or a list of sources
+    # {path, weight, image_key, caption_key, format} mixed in every batch by weight (see contrastive.data.mixture)
+    train: str | list[SourceConfig] = "data/shapes/train.csv"
+    # held-out data for evaluation during training: a table path, or {path, image_key, caption_key, format} ("" = none)
+    val: str | SourceConfig = "data/shapes/val.csv"
     format: Literal["", "csv", "tsv", "jsonl", "parquet", "hf", "webdataset"] = ""  # detected from the path when empty
     image_key: str = "image"  # column with image paths (relative to the data file)
     caption_key: str = "caption"  # caption column (or a list of captions); "a,b": pool several columns
@@ -120,7 +149,37 @@ class DataConfig:
                            "prefetch_factor": (self.prefetch_factor, 1), "shuffle_buffer": (self.shuffle_buffer, 1)})
         if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
             raise ConfigError(f"data.crop_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {self.crop_scale}")
-        _no_nul({"data.train": self.train, "data.val": self.val})
+        if isinstance(self.train, list):
+            if not self.train:
+                raise ConfigError("data.train is an empty list; give a path or at least one source")
+            for i, source in enumerate(self.train):
+                source.validate(f"data.train[{i}]")
+        else:
+            _no_nul({"data.train": self.train})
+        if isinstance(self.val, SourceConfig):
+            self.val.validate("data.val")
+        else:
+            _no_nul({"data.val": self.val})
+
+    def train_sources(self) -> list[SourceConfig]:
+        """The training sources, each with its columns and format resolved (a plain path: one source of weight 1)."""
+        given = self.train if isinstance(self.train, list) else [SourceConfig(path=self.train)]
+        return [self._resolved(s) for s in given]
+
+    def val_source(self) -> SourceConfig | None:
+        """The validation source with its columns and format resolved; None without one."""
+        given = self.val if isinstance(self.val, SourceConfig) else SourceConfig(path=self.val) if self.val else None
+        return None if given is None else self._resolved(given)
+
+    def _resolved(self, source: SourceConfig) -> SourceConfig:
+        return dataclasses.replace(source, image_key=source.image_key or self.image_key,
+                                   caption_key=source.caption_key or self.caption_key,
+                                   format=source.format or self.format)
+
+    def for_source(self, source: SourceConfig) -> "DataConfig":
+        """This section with one (resolved) source as its only training data, for the single-source loaders."""
+        return dataclasses.replace(self, train=source.path, image_key=source.image_key,
+                                   caption_key=source.caption_key, format=source.format)
 
 
 @dataclass
@@ -453,6 +512,23 @@ def _unknown_key(key: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}'{hint}")
 
 
+def _union_arm(value: Any, arms: list[Any]) -> tuple[Any, Any]:
+    """(value, the arm of a union it is cast to): a list or a mapping (also written as YAML flow text, `[...]`,
+    `{...}`) goes to the list or dataclass arm, anything else to the first arm (`str | list[SourceConfig]`)."""
+    parsed = value
+    if isinstance(value, str) and value.strip().startswith(("[", "{")):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value, arms[0]
+    for arm in arms:
+        if isinstance(parsed, (list, tuple, dict)) and typing.get_origin(arm) is list:
+            return parsed, arm
+        if isinstance(parsed, dict) and dataclasses.is_dataclass(arm):
+            return parsed, arm
+    return value, arms[0]
+
+
 def _cast(key: str, value: Any, tp: Any) -> Any:
     """Cast a YAML/CLI value to the field type `tp`, or raise ConfigError naming the key."""
     origin = typing.get_origin(tp)
@@ -462,7 +538,7 @@ def _cast(key: str, value: Any, tp: Any) -> Any:
             if type(None) in args:
                 return None
         inner = [a for a in args if a is not type(None)]
-        return _cast(key, value, inner[0])
+        return _cast(key, *_union_arm(value, inner))
     if (choices := _choices(tp)) is not None:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool) and str(value) in choices:
             return str(value)
@@ -504,7 +580,9 @@ def _cast(key: str, value: Any, tp: Any) -> Any:
             return str(value)
     elif origin is list:
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            value = yaml.safe_load(value) if value.strip().startswith(("[", "{")) else [v for v in value.split(",") if v]
+        if isinstance(value, dict) and dataclasses.is_dataclass(args[0]):
+            value = [value]
         if isinstance(value, (list, tuple)):
             return [_cast(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
     elif origin is dict:

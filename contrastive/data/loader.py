@@ -134,12 +134,34 @@ def build_train_loader(dataset: ImageTextDataset, tokenizer: Callable, data_cfg:
 # what the trainer holds
 
 
+def check_usable(dataset: ImageTextDataset, seed: int, key: str, rounds: int = 4) -> None:
+    """Raise DataError unless some sample of `dataset` loads (a table whose every image is missing fails here, before
+    the trainer writes anything). Costs one decode for good data; the draws do not touch the epoch's order. `key`
+    names the data in the message."""
+    bad: list[BadRecord] = []
+    for r in range(rounds):
+        sample = dataset[(0, sample_seed(seed, -1 - r, 0))]
+        bad += sample.bad
+        if sample.pixels is not None:
+            return
+    counts: dict[str, int] = {}
+    for b in bad:
+        counts[b.reason] = counts.get(b.reason, 0) + 1
+    reasons = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+    raise DataError(f"{key}: none of {len(bad)} samples drawn from its {len(dataset)} rows could be used "
+                    f"({reasons}); first: {bad[0].line()}")
+
+
 class TrainData:
     """The training data of a run: steps per epoch, the batches of an epoch from a position, and the tallies of
     skipped samples and truncated captions (checked, shown and checkpointed by the trainer)."""
 
     def __init__(self, data_cfg: DataConfig, model_cfg: ModelConfig, tokenizer: Callable, batch_size: int, seed: int,
                  rank: int = 0, world_size: int = 1) -> None:
+        sources = data_cfg.train_sources()
+        if len(sources) > 1:
+            raise ValueError("several training sources: use contrastive.data.mixture.open_train_data")
+        data_cfg = data_cfg.for_source(sources[0])
         self.cfg, self.tokenizer, self.batch_size, self.seed = data_cfg, tokenizer, batch_size, seed
         self.rank, self.world_size = rank, world_size
         transform = build_transform(model_cfg, data_cfg, train=True)
@@ -165,21 +187,9 @@ class TrainData:
         if isinstance(self.dataset, ImageTextDataset) and self.num_samples:
             self.check_usable()
 
-    def check_usable(self, rounds: int = 4) -> None:
-        """Raise DataError unless some sample loads (a table whose every image is missing fails here, before the
-        trainer writes anything). Costs one decode for good data; the draws do not touch the epoch's order."""
-        bad: list[BadRecord] = []
-        for r in range(rounds):
-            sample = self.dataset[(0, sample_seed(self.seed, -1 - r, 0))]
-            bad += sample.bad
-            if sample.pixels is not None:
-                return
-        counts: dict[str, int] = {}
-        for b in bad:
-            counts[b.reason] = counts.get(b.reason, 0) + 1
-        reasons = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
-        raise DataError(f"data.train: none of {len(bad)} samples drawn from its {self.num_samples} rows could be used "
-                        f"({reasons}); first: {bad[0].line()}")
+    def check_usable(self) -> None:
+        """Raise DataError unless some sample loads (see `check_usable`)."""
+        check_usable(self.dataset, self.seed, "data.train")
 
     def _loader_at(self, epoch: int, start_batch: int) -> DataLoader:
         opts = loader_options(self.cfg)
@@ -211,6 +221,10 @@ class TrainData:
         if (cursor := batch.pop("stream_cursor", None)) is not None:
             self.cursors[cursor[0]] = tuple(cursor[1:])
         self.num_captions += len(batch.get("captions", ()))
+
+    def log_values(self) -> dict[str, float]:
+        """Values for each metrics line beside the loss (bad samples; a mixture adds each source's count)."""
+        return {"bad_samples": self.tracker.total}
 
     def postfix(self) -> dict[str, str]:
         """Progress-bar fields: skipped samples, when there are any."""

@@ -48,7 +48,17 @@ class CaptionReport:
 
 
 def training_captions(data_cfg: DataConfig, limit: int = MAX_CAPTIONS, seed: int = 0) -> list[str]:
-    """The training set's captions (every caption of list columns), a seeded sample of `limit` beyond that."""
+    """The training set's captions (every caption of list columns), a seeded sample of `limit` beyond that; of
+    several sources, each source's (their share of `limit` by weight)."""
+    sources = data_cfg.train_sources()
+    if len(sources) == 1:
+        return _source_captions(data_cfg.for_source(sources[0]), limit, seed)
+    total = sum(s.weight for s in sources)
+    return [c for s in sources for c in _source_captions(data_cfg.for_source(s), max(1, int(limit * s.weight / total)), seed)]
+
+
+def _source_captions(data_cfg: DataConfig, limit: int, seed: int) -> list[str]:
+    """The captions of data_cfg.train (one source)."""
     from ..data.sources import iter_captions, open_hf_dataset, detect_format
 
     fmt = data_cfg.format or detect_format(data_cfg.train)

@@ -115,9 +115,12 @@ _TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".jsonl", ".json", ".parquet")
 
 def check_inputs(cfg: Config) -> None:
     """Local data tables must exist; other sources (hub ids, shard patterns, HF dirs) are checked by their loaders."""
-    for key in ("train", "val"):
-        path = getattr(cfg.data, key)
-        local = cfg.data.format in ("csv", "tsv", "jsonl", "parquet") or (cfg.data.format == "" and path.lower().endswith(_TABLE_SUFFIXES))
+    sources = [("data.train", s) for s in cfg.data.train_sources()] + [("data.val", cfg.data.val_source())]
+    for key, source in sources:
+        if source is None:
+            continue
+        path, fmt = source.path, source.format
+        local = fmt in ("csv", "tsv", "jsonl", "parquet") or (fmt == "" and path.lower().endswith(_TABLE_SUFFIXES))
         if path and local and "://" not in path and not Path(path).exists():
-            raise DataError(f"data.{key}: file not found: {path} (paths are relative to the working directory)")
+            raise DataError(f"{key}: file not found: {path} (paths are relative to the working directory)")
     check_encoder_settings(cfg.model)

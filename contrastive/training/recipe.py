@@ -26,8 +26,9 @@ from torch import nn
 
 from ..interop.checkpoint import latest_checkpoint, prune_checkpoints, save_checkpoint
 from ..config import Config
-from ..data import TrainData, build_transform, read_records
+from ..data import build_transform, read_records
 from ..data.diversity import diversity_warnings
+from ..data.mixture import open_train_data
 from ..data.prefetch import device_batches
 from ..distributed import (
     DistInfo,
@@ -149,8 +150,8 @@ class ContrastiveRecipe:
     def setup_data(self) -> None:
         """Training batches and the eval sets."""
         cfg, t, info = self.cfg, self.cfg.train, self.info
-        self.train_data = TrainData(cfg.data, cfg.model, self.tokenizer, t.batch_size, t.seed, info.rank,
-                                    info.world_size)
+        self.train_data = open_train_data(cfg.data, cfg.model, self.tokenizer, t.batch_size, t.seed, info.rank,
+                                          info.world_size)
         self.steps_per_epoch = self.train_data.steps_per_epoch
         source = getattr(self.train_data.dataset, "source", None)  # a table or HF dataset (not streamed shards)
         if info.is_main and source is not None:
@@ -184,7 +185,8 @@ class ContrastiveRecipe:
     def validation_set(self) -> EvalSet:
         """`data.val` with `eval.tasks`, as the `val` eval set (a missing class column fails now)."""
         cfg = self.cfg
-        records = read_records(cfg.data.val, cfg.data.image_key, cfg.data.caption_key)
+        val = cfg.data.val_source()
+        records = read_records(val.path, val.image_key, val.caption_key, val.format)
         if "zeroshot" in cfg.eval.tasks:
             record_labels(records, cfg.eval.zeroshot_class_key)
         transform = build_transform(cfg.model, cfg.data, train=False)
@@ -314,7 +316,7 @@ class ContrastiveRecipe:
                   "logit_scale": model.logit_scale.exp().item(), "lr": lr, "grad_norm": grad_norm.item(),
                   "samples_per_s": w.steps * t.batch_size / max(time.perf_counter() - w.start, 1e-9),
                   "epoch": self.progress.epoch, "nonfinite_steps": self.progress.nonfinite_steps,
-                  "bad_samples": self.train_data.tracker.total}
+                  **self.train_data.log_values()}
         self.logger.log(step, values)
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{values['loss']:.3f}", T=f"{values['logit_scale']:.1f}", lr=f"{lr:.1e}",

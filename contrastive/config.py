@@ -388,6 +388,12 @@ class FinetuneConfig:
     image: TowerTrainConfig = field(default_factory=TowerTrainConfig)  # what to train in the image tower
     text: TowerTrainConfig = field(default_factory=TowerTrainConfig)  # what to train in the text tower
     layer_decay: float = 1.0  # layer-wise LR decay: block i of L gets decay**(L - i), embeddings decay**(L + 1)
+    # LP-FT: > 0 trains only the projections and the temperature for the first N steps, then what this section
+    # allows, the learning-rate schedule (warm-up, cosine) restarting at the switch; 0 = off
+    probe_steps: int = 0
+    # > 0: start at this temperature scale, the factor itself (2 sets the stored log scale to ln 2; unlike
+    # model.init_logit_scale, which is a log); 0 = keep the start's
+    reset_logit_scale: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -395,6 +401,11 @@ class FinetuneConfig:
     def validate(self) -> None:
         if not 0.0 < self.layer_decay <= 1.0:
             raise ConfigError(f"finetune.layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.probe_steps < 0:
+            raise ConfigError(f"finetune.probe_steps must be >= 0, got {self.probe_steps}")
+        if self.reset_logit_scale != 0 and not 1.0 <= self.reset_logit_scale <= 100.0:
+            raise ConfigError(f"finetune.reset_logit_scale must be a scale in [1, 100] (the model keeps its log in "
+                              f"[0, ln 100]) or 0 (keep the start's), got {self.reset_logit_scale}")
         self.image.validate("finetune.image")
         self.text.validate("finetune.text")
 
@@ -443,6 +454,12 @@ def validate(cfg: Config) -> None:
     been set after it was made)."""
     for name in _SECTIONS:
         getattr(cfg, name).validate()
+    if cfg.finetune.probe_steps > 0 and cfg.train.fsdp:
+        raise ConfigError("finetune.probe_steps with train.fsdp=true: the probe phase freezes the towers, which sharded "
+                          "parameters do not allow; use DDP")
+    if cfg.finetune.probe_steps > 0 and 0 < cfg.train.max_steps <= cfg.finetune.probe_steps:
+        raise ConfigError(f"finetune.probe_steps={cfg.finetune.probe_steps} leaves none of train.max_steps="
+                          f"{cfg.train.max_steps} to fine-tune; lower it or raise train.max_steps")
     if cfg.loss.name == "siglip" and cfg.model.init_logit_bias is None:
         raise ConfigError("loss.name=siglip needs model.init_logit_bias (the paper uses -10 with init_logit_scale "
                           "2.3026)")

@@ -1,18 +1,30 @@
 """What to train in pretrained towers: locking (LiT), unfreezing the last N blocks, frozen norms and BatchNorm
-statistics, a learning rate per tower and layer-wise learning-rate decay.
+statistics, a learning rate per tower and layer-wise learning-rate decay; LP-FT's probe phase and a restarted
+temperature.
 
 Layers of a tower are numbered 0 (everything before the first block: embeddings, stem), 1..L (the blocks), L + 1
 (everything after: final norm, pooler). Layer-wise decay gives layer l the scale `decay ** (L + 1 - l)`, so the top
 keeps the tower's rate and each step down is `decay` times slower. Frozen parameters get `requires_grad=False` and
 never reach the optimizer, so they stay bitwise unchanged (weight decay included).
+
+LP-FT (Kumar et al., 2022, "Fine-tuning can distort pretrained features"): for the first `finetune.probe_steps`
+steps only the head trains (the projections, the temperature and a logit bias), so the towers' features meet a
+head fitted to the new data rather than a random or stale one; then everything the section allows trains, and the
+learning-rate schedule starts again with its warm-up (`phase_lr`). The optimizer holds every parameter the section
+allows from the start: in the probe phase the others have `requires_grad=False`, get no gradient, and AdamW leaves
+them (and their moments) untouched, so the phase is a function of the step alone and a resume either side of the
+switch continues exactly.
 """
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
 from ..config import FinetuneConfig, OptimConfig, TowerTrainConfig
-from .optim import no_weight_decay
+from .optim import lr_at, no_weight_decay
 
 TOWERS = ("image", "text")
 
@@ -130,3 +142,49 @@ def count_trainable(model: nn.Module) -> dict[str, int]:
         out[f"{part}_trainable"] = sum(p.numel() for p in module.parameters() if p.requires_grad)
         out[f"{part}_total"] = sum(p.numel() for p in module.parameters())
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# LP-FT and the temperature restart
+
+HEAD = ("image_projection.", "text_projection.", "logit_scale", "logit_bias")  # what the probe phase trains
+
+
+def is_head(name: str) -> bool:
+    return name.startswith(HEAD)
+
+
+class ProbePhase:
+    """Switches a model between LP-FT's probe phase (the head only) and the fine-tune (what `apply_finetune` left
+    trainable). Build it after `apply_finetune`: it remembers that choice."""
+
+    def __init__(self, model: nn.Module, probe_steps: int) -> None:
+        self.probe_steps = probe_steps
+        self.trainable = {name: p.requires_grad for name, p in model.named_parameters()}
+        self.probing: bool | None = None
+
+    def apply(self, model: nn.Module, step: int) -> bool:
+        """Set requires_grad for the phase of `step` (the steps done); True when that changed what trains."""
+        probing = step < self.probe_steps
+        if probing == self.probing:
+            return False
+        for name, p in model.named_parameters():
+            p.requires_grad_(self.trainable[name] and (is_head(name) or not probing))
+        changed = self.probing is not None
+        self.probing = probing
+        return changed
+
+
+def phase_lr(step: int, total_steps: int, optim_cfg: OptimConfig, probe_steps: int = 0) -> float:
+    """The learning rate at `step`: one schedule (`lr_at`) over the probe phase, another over the steps after it."""
+    if probe_steps <= 0:
+        return lr_at(step, total_steps, optim_cfg)
+    if step < probe_steps:
+        return lr_at(step, probe_steps, optim_cfg)
+    return lr_at(step - probe_steps, total_steps - probe_steps, optim_cfg)
+
+
+def reset_logit_scale(model: nn.Module, scale: float) -> None:
+    """Start at temperature scale `scale` (the factor; the model stores its log)."""
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(scale))

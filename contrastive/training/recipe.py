@@ -49,13 +49,13 @@ from ..losses.batch import BatchLoss
 from ..text.tokenizer import TextTokenizer
 from ..interop.pretrained import resolve_model_config
 from .distill import Teacher
-from .finetune import finetune_param_groups
+from .finetune import ProbePhase, finetune_param_groups, phase_lr
 from .forgetting import (EMA_SUFFIX, REFERENCE, BaselineHook, best_score, build_ema, reference_evaluation,
                          reference_tracker, trainable_line, with_ema_weights)
 from .guards import NonFiniteGuard, check_inputs, save_or_report
 from .logging import MetricsLogger, eval_postfix, metrics_of, named_metrics
 from .tracking import check_installed, open_trackers
-from .optim import build_optimizer, lr_at, set_lr
+from .optim import build_optimizer, set_lr
 from .run_dir import ReplacedRun, claim_run_dir
 from .setup import build_model, prepare_text, resolve_device, wrap_for_training
 from .signals import GracefulStop, Interrupted
@@ -161,6 +161,9 @@ class ContrastiveRecipe:
             raise ConfigError(f"train.batch_size={t.batch_size} is larger than the {self.train_data.num_samples} "
                               "training samples")
         self.total_steps = t.max_steps if t.max_steps > 0 else t.epochs * self.steps_per_epoch
+        if cfg.finetune.probe_steps >= self.total_steps:
+            raise ConfigError(f"finetune.probe_steps={cfg.finetune.probe_steps} leaves none of the run's "
+                              f"{self.total_steps} steps to fine-tune")
         if cfg.data.val:
             self.eval_sets.append(self.validation_set())
         self.forgetting_sets()
@@ -214,6 +217,8 @@ class ContrastiveRecipe:
         cfg = self.cfg
         groups = finetune_param_groups(self.model, cfg.optim, cfg.finetune)
         self.optimizer = build_optimizer(self.model, cfg.optim, groups)
+        # LP-FT: the optimizer holds what the fine-tune trains; the probe phase freezes all but the head
+        self.probe = ProbePhase(self.model, cfg.finetune.probe_steps) if cfg.finetune.probe_steps > 0 else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16")
 
     def restore(self) -> None:
@@ -224,6 +229,11 @@ class ContrastiveRecipe:
             self.progress = restore(ckpt, self.model, self.optimizer, self.scaler, self.train_data, self.model_hooks)
             if info.is_main:
                 print(f"resumed from {ckpt} (step {self.progress.step})")
+        if self.probe is not None:
+            self.probe.apply(self.model, self.progress.step)
+            if self.probe.probing and info.is_main:
+                print(f"LP-FT: only the projections and the temperature train until step {self.probe.probe_steps}",
+                      flush=True)
         self.train_model, self.forward = wrap_for_training(self.model, t, info, self.device)
         self.progress.run_id = self.progress.run_id or uuid.uuid4().hex  # a fresh run, or one from before run ids
         self.guard = NonFiniteGuard(t.max_nan_steps, self.device, self.progress.nonfinite_steps,
@@ -253,7 +263,8 @@ class ContrastiveRecipe:
         self.model.train()
         while not self.done and not self.stopping:
             for batch in self.epoch_batches():
-                lr = lr_at(self.progress.step, self.total_steps, self.cfg.optim)
+                self.maybe_end_probe()
+                lr = phase_lr(self.progress.step, self.total_steps, self.cfg.optim, self.cfg.finetune.probe_steps)
                 set_lr(self.optimizer, lr)
                 loss, grad_norm = self.step(batch)
                 self.after_step(loss, grad_norm)
@@ -279,6 +290,14 @@ class ContrastiveRecipe:
             p.epoch, p.batch_in_epoch = p.epoch + 1, 0
         batches = self.train_data.batches(p.epoch, p.batch_in_epoch)
         return device_batches(batches, self.device, self.cfg.data.copy_stream)
+
+    def maybe_end_probe(self) -> None:
+        """LP-FT: after `finetune.probe_steps` steps, train what the `finetune` section allows (wrappers rebuilt:
+        DDP syncs the parameters that train)."""
+        if self.probe is not None and self.probe.apply(self.model, self.progress.step):
+            self.train_model, self.forward = wrap_for_training(self.model, self.cfg.train, self.info, self.device)
+            if self.info.is_main:
+                print(f"step {self.progress.step}: probe phase over; {trainable_line(self.model)}", flush=True)
 
     def step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.cfg.train

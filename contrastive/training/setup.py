@@ -17,7 +17,7 @@ from ..encoders.hf import HFTower
 from ..errors import CheckpointError, ConfigError
 from ..interop.loading import init_from
 from ..model import ContrastiveModel, create_model
-from .finetune import apply_finetune
+from .finetune import apply_finetune, reset_logit_scale
 from .guards import parse_device
 from .run_dir import resolve_run_dir
 from .step import compute_loss, step_loss_fn
@@ -87,6 +87,8 @@ def build_model(cfg: Config, tokenizer: Any, device: torch.device, info: DistInf
     if cfg.model.init_from:
         init_from(model, cfg.model.init_from)
     apply_finetune(model, cfg.finetune)
+    if cfg.finetune.reset_logit_scale > 0:  # a resumed run then loads its own scale over it
+        reset_logit_scale(model, cfg.finetune.reset_logit_scale)
     if t.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.to(device)

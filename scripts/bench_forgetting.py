@@ -15,6 +15,11 @@ tokenizer and context):
   LoRA      rank-`--lora-rank` adapters on both towers' attention projections (`finetune.*.lora.rank`)
   WiSE-FT   `contrastive wise-ft --alphas ...` between the start and the full fine-tune, and between the start
             and the locked-image fine-tune (the interpolation then moves the text tower and projections only)
+  LP-FT     `finetune.probe_steps=--probe-steps`: the projections and the temperature alone first, then everything
+  restart   `finetune.reset_logit_scale=--reset-scale`: the fine-tune starts at that temperature scale
+  rehearsal the start's own training data mixed into every batch at `--rehearsal-weight` (`data.train` as a list of
+            sources); also with LP-FT ("rehearsal + LP-FT")
+`--methods` picks which run (full always runs: the gains are shares of its gain).
 
 Scores come from the runs themselves: the reference (the 400 held-out shapes, `eval.reference`) and the target (the
 679 Lucide icons of icons/test.csv, `data.val`) are evaluated at step 0 and at the end; WiSE-FT's from its sweep.
@@ -54,10 +59,20 @@ more. Scores are each run's own evaluations
 """
 
 
+# method -> its label in the table; full always runs (with its EMA and WiSE-FT curve)
+METHODS = {"locked": "locked image", "lora": "LoRA", "lpft": "LP-FT", "restart": "temperature restart",
+           "rehearsal": "rehearsal", "rehearsal_lpft": "rehearsal + LP-FT"}
+START_DATA = "data/shapes/train.csv"  # what the default start was trained on (rehearsal mixes it in)
+SHAPES_REFERENCE = "data/shapes/val.csv"  # what the default start knew (held out)
+BROAD = "configs/broad_start.yaml"  # --start broad: a start trained on a mixture of sources
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", help="icons benchmark folder with train.csv and test.csv")
-    p.add_argument("--start", default="", help="a start run or checkpoint (default: train one with configs/shapes_tiny.yaml)")
+    p.add_argument("--start", default="", help="a start run or checkpoint (default: train one with "
+                   "configs/shapes_tiny.yaml); 'broad': train one with configs/broad_start.yaml, whose sources' "
+                   "held-out splits together are the reference and whose sources are the rehearsal data")
     p.add_argument("--start-steps", type=int, default=0, help="steps of the start's training (0: the recipe's own)")
     p.add_argument("--steps", type=int, default=600, help="steps of each fine-tuning run (about 10 epochs at batch 32; "
                    "full fine-tuning sits at chance loss for the first ~200)")
@@ -68,6 +83,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "start still weighs 0.995^300 = 22%% in the average, after 600 steps 5%%")
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-lr", type=float, default=2e-3, help="LoRA's learning rate (adapters start at zero)")
+    p.add_argument("--probe-steps", type=int, default=150, help="LP-FT: steps that train only the head")
+    p.add_argument("--reset-scale", type=float, default=2.0, help="temperature restart: the scale a fine-tune starts at")
+    p.add_argument("--rehearsal-weight", type=float, default=0.1, help="rehearsal: the start's data's share of a batch")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
     p.add_argument("--alphas", default="0,0.2,0.4,0.6,0.8,1")
     p.add_argument("--work", default="", help="folder for the runs (default: a fresh one under /tmp)")
     p.add_argument("--output", default=str(ROOT / "docs/benchmarks.md"), help="markdown file ('' = none)")
@@ -93,16 +112,40 @@ def contrastive(*args: str) -> list[str]:
 
 
 def start_checkpoint(a, work: Path) -> Path:
+    """The start's checkpoint, trained now unless given; sets `a.reference` (the table of what the start knew) and
+    `a.rehearsal` ((path, weight, name) of its training sources)."""
     from contrastive.interop.checkpoint import resolve_checkpoint
 
-    if a.start:
+    a.reference, a.rehearsal = SHAPES_REFERENCE, [(START_DATA, 1.0, "rehearsal")]
+    broad = a.start == "broad"
+    if broad:
+        from contrastive.config import load_config
+
+        cfg = load_config(ROOT / BROAD)
+        a.rehearsal = [(s.path, s.weight, f"rehearsal_{s.name or i}") for i, s in enumerate(cfg.data.train_sources())]
+        a.reference = str(reference_table([r.data for r in cfg.eval.reference], work / "reference.csv"))
+    elif a.start:
         return resolve_checkpoint(a.start)
     steps = [f"train.max_steps={a.start_steps}"] if a.start_steps else []
-    seconds = run(contrastive("train", "--config", "configs/shapes_tiny.yaml", *steps, f"train.output_dir={work}",
-                              "train.run_name=start", "train.overwrite=true", "train.progress_bar=false"),
-                  work / "start.log")
+    seconds = run(contrastive("train", "--config", BROAD if broad else "configs/shapes_tiny.yaml", *steps,
+                              f"train.output_dir={work}", "train.run_name=start", "train.overwrite=true",
+                              "train.progress_bar=false"), work / "start.log")
     print(f"start: trained in {seconds:.0f} s", flush=True)
     return resolve_checkpoint(work / "start")
+
+
+def reference_table(tables: list[str], out: Path) -> Path:
+    """One retrieval table of several (image paths made absolute): the broad start's reference."""
+    import csv
+
+    with out.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "caption"])
+        for table in tables:
+            path = (ROOT / table).resolve()
+            with path.open(newline="") as t:
+                w.writerows([str(path.parent / r["image"]), r["caption"]] for r in csv.DictReader(t))
+    return out
 
 
 def finetune(a, work: Path, start: Path, name: str, *overrides: str) -> dict:
@@ -139,7 +182,8 @@ def train_run(a, work: Path, start: Path, name: str, context: int, overrides: tu
                               f"data.train={Path(a.data) / 'train.csv'}", f"data.val={Path(a.data) / 'test.csv'}",
                               f"train.max_steps={a.steps}", f"train.batch_size={a.batch_size}", f"optim.lr={a.lr}",
                               f"train.output_dir={work}", f"train.run_name={name}",
-                              "train.overwrite=true", "train.progress_bar=false", "eval.every_n_steps=0", *overrides),
+                              "train.overwrite=true", "train.progress_bar=false", "eval.every_n_steps=0",
+                              f"eval.reference=[{a.reference}]", *overrides),
                work / f"{name}.log")
 
 
@@ -150,7 +194,7 @@ def scores(row: dict, target: str, reference: str) -> dict:
 def wise_ft(a, work: Path, start: Path, finetuned: Path, name: str = "wise_ft") -> list[dict]:
     out = work / name
     run(contrastive("wise-ft", "--start", str(start), "--finetuned", str(finetuned), "--alphas", a.alphas,
-                    "--eval-target", str(Path(a.data) / "test.csv"), "--eval-reference", "data/shapes/val.csv",
+                    "--eval-target", str(Path(a.data) / "test.csv"), "--eval-reference", a.reference,
                     "--output", str(out)), work / f"{name}.log")
     points = json.loads((out / "wise_ft.json").read_text())["points"]
     return [{"alpha": p["alpha"], "target": {m: p["target"][m] for m in KEYS},
@@ -186,7 +230,8 @@ def plot(judged: dict[str, dict], start: dict, curves: dict[str, list[dict]], pa
             ax.annotate(f"α={p['alpha']:g}", (pct(p, "target"), pct(p, "reference")), textcoords="offset points",
                         xytext=(5, 3), fontsize=7, color=color)
     markers = {"full": ("s", "tab:red"), "EMA": ("D", "tab:orange"), "locked image": ("^", "tab:green"),
-               "LoRA": ("v", "tab:purple")}
+               "LoRA": ("v", "tab:purple"), "LP-FT": ("P", "tab:brown"), "temperature restart": ("X", "tab:pink"),
+               "rehearsal": ("o", "tab:cyan"), "rehearsal + LP-FT": ("h", "tab:gray")}
     for name, (marker, color) in markers.items():
         if name in judged:
             ax.scatter([pct(judged[name], "target")], [pct(judged[name], "reference")], marker=marker, s=60,
@@ -242,10 +287,27 @@ def write_markdown(path: Path, text: str) -> None:
     path.write_text(head + sep + section.rstrip() + "\n\n" + text + rest)
 
 
+def method_overrides(a) -> dict[str, list[str]]:
+    """The overrides of each method's fine-tune (besides the shared ones of `train_run`)."""
+    w, total = a.rehearsal_weight, sum(weight for _, weight, _ in a.rehearsal)
+    start_data = ", ".join(f"{{path: {path}, weight: {w * weight / total:.6g}, name: {name}}}"
+                           for path, weight, name in a.rehearsal)
+    mixture = f"data.train=[{{path: {Path(a.data) / 'train.csv'}, weight: {1 - w:g}, name: target}}, {start_data}]"
+    probe = f"finetune.probe_steps={a.probe_steps}"
+    return {"locked": ["finetune.image.lock=true"],
+            "lora": [f"finetune.image.lora.rank={a.lora_rank}", f"finetune.text.lora.rank={a.lora_rank}",
+                     f"optim.lr={a.lora_lr}"],
+            "lpft": [probe], "restart": [f"finetune.reset_logit_scale={a.reset_scale:g}"],
+            "rehearsal": [mixture], "rehearsal_lpft": [mixture, probe]}
+
+
 def main(argv=None) -> None:
     a = parse_args(argv)
     a.data = str(Path(a.data).resolve())  # the runs work in the repository root
-    a.start = str(Path(a.start).resolve()) if a.start else ""
+    a.start = str(Path(a.start).resolve()) if a.start not in ("", "broad") else a.start
+    methods = [m for m in a.methods.split(",") if m and m != "full"]
+    if unknown := [m for m in methods if m not in METHODS]:
+        raise SystemExit(f"--methods: unknown {', '.join(unknown)} (known: full, {', '.join(METHODS)})")
     for split in ("train", "test"):
         if not (Path(a.data) / f"{split}.csv").is_file():
             raise SystemExit(f"{Path(a.data) / split}.csv not found; build it with "
@@ -256,22 +318,23 @@ def main(argv=None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     start = start_checkpoint(a, work)
     full = finetune(a, work, start, "full", f"train.ema_decay={a.ema_decay}", "train.ema_warmup=false")
-    curve = wise_ft(a, work, start, work / "full")
-    print(json.dumps({"full": full, "wise_ft": curve}), flush=True)  # the figures so far, in case of a stop
-    locked = finetune(a, work, start, "locked", "finetune.image.lock=true")
-    curve_locked = wise_ft(a, work, start, work / "locked", "wise_ft_locked")
-    lora = finetune(a, work, start, "lora", f"finetune.image.lora.rank={a.lora_rank}",
-                    f"finetune.text.lora.rank={a.lora_rank}", f"optim.lr={a.lora_lr}")
+    curves = {"full": wise_ft(a, work, start, work / "full")}
+    print(json.dumps({"full": full, "wise_ft": curves["full"]}), flush=True)  # the figures so far, in case of a stop
+    overrides, runs = method_overrides(a), {}
+    for m in methods:
+        runs[m] = finetune(a, work, start, m, *overrides[m])
+        if m == "locked":
+            curves["locked image"] = wise_ft(a, work, start, work / "locked", "wise_ft_locked")
     begin = full["start"]
-    rows = {"full": full["model"], "EMA": full["ema"], "locked image": locked["model"], "LoRA": lora["model"],
-            **{f"WiSE-FT α={p['alpha']:g}": p for p in interior(curve)},
-            **{f"WiSE-FT locked α={p['alpha']:g}": p for p in interior(curve_locked)}}
+    rows = {"full": full["model"], "EMA": full["ema"], **{METHODS[m]: r["model"] for m, r in runs.items()},
+            **{f"WiSE-FT α={p['alpha']:g}": p for p in interior(curves["full"])},
+            **{f"WiSE-FT locked α={p['alpha']:g}": p for p in interior(curves.get("locked image", []))}}
     judged = judge(rows, begin)
     for name, r in judged.items():
         print(json.dumps({"method": name, **r}), flush=True)
     Path(a.plot).parent.mkdir(parents=True, exist_ok=True)
-    plot(judged, begin, {"full": curve, "locked image": curve_locked}, Path(a.plot))
-    seconds = {"full + EMA": full["seconds"], "locked": locked["seconds"], "LoRA": lora["seconds"]}
+    plot(judged, begin, curves, Path(a.plot))
+    seconds = {"full + EMA": full["seconds"], **{METHODS[m]: r["seconds"] for m, r in runs.items()}}
     text = markdown(a, judged, begin, seconds, os.path.relpath(a.plot, Path(a.output).parent if a.output else ROOT))
     print(text)
     if a.output:

@@ -30,3 +30,18 @@ def test_markdown_section_is_created_then_extended(tmp_path):
     body = doc.read_text()
     assert body.index("## Other") < body.index(bf.SECTION) < body.index("### run 1") < body.index("### run 2")
     assert body.count(bf.SECTION) == 1 and "text" in body
+
+
+def test_rehearsal_mixes_the_start_sources_into_the_target_by_weight(tmp_path):
+    from argparse import Namespace
+
+    from contrastive.config import load_config
+
+    a = Namespace(data=str(tmp_path), rehearsal_weight=0.1, probe_steps=150, reset_scale=2.0, lora_rank=8,
+                  lora_lr=2e-3, rehearsal=[("a.csv", 2.0, "rehearsal_a"), ("b.csv", 1.0, "rehearsal_b")])
+    overrides = bf.method_overrides(a)
+    sources = load_config(None, overrides["rehearsal_lpft"]).data.train_sources()
+    assert [(s.name, round(s.weight, 6)) for s in sources] == [("target", 0.9), ("rehearsal_a", 0.066667),
+                                                               ("rehearsal_b", 0.033333)]
+    assert load_config(None, overrides["rehearsal_lpft"]).finetune.probe_steps == 150
+    assert load_config(None, overrides["restart"]).finetune.reset_logit_scale == 2.0

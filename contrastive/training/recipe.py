@@ -164,7 +164,7 @@ class ContrastiveRecipe:
         if cfg.finetune.probe_steps >= self.total_steps:
             raise ConfigError(f"finetune.probe_steps={cfg.finetune.probe_steps} leaves none of the run's "
                               f"{self.total_steps} steps to fine-tune")
-        if cfg.data.val:
+        if cfg.data.val_source() is not None:
             self.eval_sets.append(self.validation_set())
         self.forgetting_sets()
 

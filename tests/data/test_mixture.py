@@ -137,13 +137,14 @@ def test_config_takes_a_path_a_list_of_sources_or_one_mapping():
 
 
 def mixture_run(tmp_path, *overrides):
-    """A run on shards (jpg/txt, the data section's keys) at weight 1 and a table (columns img/text) at weight 3."""
+    """A run on shards (jpg/txt, the data section's keys) at weight 1 and a table (columns img/text, one row's image
+    missing) at weight 3."""
     data = tmp_path / "data"
     pattern = write_shards(data / "shards", 2, 24)
     shapes = list(csv.DictReader((ROOT / "data/shapes/train.csv").open()))
     with (data / "table.csv").open("w", newline="") as f:
         csv.writer(f).writerows([("img", "text")] + [(ROOT / "data/shapes" / r["image"], r["caption"])
-                                                     for r in shapes[1000:1064]])
+                                                     for r in shapes[1000:1064]] + [("missing.jpg", "a lost picture")])
     val = list(csv.DictReader((ROOT / "data/shapes/val.csv").open()))[:32]
     with (data / "val.csv").open("w", newline="") as f:
         csv.writer(f).writerows([("image", "caption")] + [(ROOT / "data/shapes" / r["image"], r["caption"]) for r in val])
@@ -162,7 +163,7 @@ def metrics(run):
 
 def test_two_sources_train_log_their_counts_and_resume_bit_exactly_mid_epoch(tmp_path):
     common = ["train.max_steps=6", "train.save_every_n_steps=3", "train.keep_checkpoints=5"]
-    full = mixture_run(tmp_path / "a", *common)  # 48 + 64 rows: an epoch is 7 steps of 16
+    full = mixture_run(tmp_path / "a", *common)  # 48 + 65 rows: an epoch is 7 steps of 16
     rows = [m for m in metrics(full) if "loss" in m]
     last = rows[-1]
     assert last["samples/shards"] + last["samples/table"] == 6 * 16
@@ -171,6 +172,9 @@ def test_two_sources_train_log_their_counts_and_resume_bit_exactly_mid_epoch(tmp
     assert "val/text_retrieval_recall@1" in summary
     table = {s["name"]: s for s in summary["data"]["sources"]}
     assert table["table"]["share"] == 0.75 and table["table"]["share_seen"] == 0.75 and table["shards"]["rows"] == 48
+    # 72 draws of the table's 65 rows met the missing image, replaced from the table; the shards had none
+    assert table["table"]["bad_samples"] == {"missing_file": 1} and table["shards"]["bad_samples"] == {}
+    assert last["bad/table"] == 1 and last["bad/shards"] == 0 and summary["data"]["bad_samples"] == {"missing_file": 1}
 
     crashed = tmp_path / "b" / "run"
     shutil.copytree(full, crashed)

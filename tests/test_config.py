@@ -31,8 +31,9 @@ CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 def test_every_config_validates(path):
     cfg = load_config(path)
     assert cfg.name == path.stem
-    for p in (cfg.data.train, cfg.data.val):
-        if not p or p.startswith(("hf://", "hf:")) or "{" in p:
+    sources = cfg.data.train_sources() + [cfg.data.val_source()]
+    for p in (s.path for s in sources if s is not None):
+        if p.startswith(("hf://", "hf:")) or "{" in p:
             continue
         if Path(p).parts[0] == "..":  # a benchmark built outside the checkout: the config must say how
             assert "prepare.py" in path.read_text(), f"{path.name} uses {p} without saying how to build it"

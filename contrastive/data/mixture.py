@@ -37,7 +37,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import DataConfig, ModelConfig, SourceConfig
-from .bad import BadSampleTracker, DataError
+from ..errors import DataError
+from .bad import BadSampleTracker
 from .images import build_transform
 from .loader import ImageTextDataset, TrainData, check_usable, loader_options
 from .samples import Collate, Sample, sample_seed

@@ -15,7 +15,8 @@ import tarfile
 
 import numpy as np
 
-from .bad import BadSample, DataError
+from ..errors import DataError
+from .bad import BadSample
 from .shards import DEFAULT_CAPTION_EXTS, DEFAULT_IMAGE_EXTS, _exts, _is_remote, _split_name, expand_shards, tar_error
 from .sources import RawSample
 

@@ -13,12 +13,14 @@ import pytest
 import torch
 
 import contrastive
-from contrastive.config import ConfigError, load_config
-from contrastive.data.bad import BadSample, DataError
+from contrastive.config import load_config
+from contrastive.data.bad import BadSample
+from contrastive.errors import ConfigError, DataError
 from contrastive.data.mixture import Allocation, MixtureBatchSampler, source_names
 from contrastive.data.shard_rows import IndexedShards
 from contrastive.data.shards import iter_groups
-from contrastive.train import train
+from contrastive.evaluation.plots import read_metrics
+from contrastive.training.recipe import train
 from tests.conftest import ROOT
 from tests.data.test_data import write_shards
 from tests.helpers.overrides import FAST
@@ -157,14 +159,10 @@ def mixture_run(tmp_path, *overrides):
     return train(cfg)
 
 
-def metrics(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
 def test_two_sources_train_log_their_counts_and_resume_bit_exactly_mid_epoch(tmp_path):
     common = ["train.max_steps=6", "train.save_every_n_steps=3", "train.keep_checkpoints=5"]
     full = mixture_run(tmp_path / "a", *common)  # 48 + 65 rows: an epoch is 7 steps of 16
-    rows = [m for m in metrics(full) if "loss" in m]
+    rows = [m for m in read_metrics(full) if "loss" in m]
     last = rows[-1]
     assert last["samples/shards"] + last["samples/table"] == 6 * 16
     assert last["samples/table"] == 72 and last["samples/shards"] == 24  # 3 : 1, exactly
@@ -182,7 +180,7 @@ def test_two_sources_train_log_their_counts_and_resume_bit_exactly_mid_epoch(tmp
     (crashed / "checkpoints" / "latest").write_text("step_00000003\n")
     (crashed / "metrics.jsonl").write_text("")
     resumed = mixture_run(tmp_path / "b", *common, "train.resume=true")
-    again = {m["step"]: m for m in metrics(resumed) if "loss" in m}
+    again = {m["step"]: m for m in read_metrics(resumed) if "loss" in m}
     assert sorted(again) == [4, 5, 6]
     for m in rows[3:]:
         assert again[m["step"]]["loss"] == m["loss"]

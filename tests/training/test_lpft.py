@@ -2,7 +2,6 @@
 trained start: the probe phase moves only the head, the switch restarts the warm-up, a resume on either side of the
 switch continues bit-exactly, and the restarted scale is the one the first step uses."""
 
-import json
 import math
 import shutil
 
@@ -10,17 +9,19 @@ import pytest
 import torch
 
 import contrastive
-from contrastive.checkpoint import load_weights, read_meta
-from contrastive.config import ConfigError, load_config
-from contrastive.interop.loading import resolve_checkpoint
-from contrastive.train import train
+from contrastive.config import load_config
+from contrastive.errors import ConfigError
+from contrastive.evaluation.plots import read_metrics
+from contrastive.interop.checkpoint import load_weights, read_meta, resolve_checkpoint
 from contrastive.training.finetune import is_head
+from contrastive.training.recipe import train
 from tests.conftest import ROOT
 from tests.helpers.overrides import small_run
+from tests.helpers.towers import QUIET, towers
 
-SMALL = ["model.image_encoder_args={layers: 1}", "model.text_encoder_args={layers: 1}", "model.image_size=32",
-         "model.embed_dim=16", "data.val=", "data.num_workers=0", "train.progress_bar=false",
-         "train.log_every_n_steps=1", "train.batch_size=8"]
+# the model of `small_run`, the start
+SMALL = [*towers(1), "model.image_size=32", "model.embed_dim=16", "data.val=", *QUIET, "train.log_every_n_steps=1",
+         "train.batch_size=8"]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def finetune(tmp_path, start, *overrides):
 
 
 def metrics(run):
-    return {m["step"]: m for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in m}
+    return {m["step"]: m for m in read_metrics(run) if "loss" in m}
 
 
 def test_probe_phase_trains_only_the_head_then_everything_with_a_new_warmup(tmp_path, start):

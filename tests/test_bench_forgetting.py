@@ -45,3 +45,15 @@ def test_rehearsal_mixes_the_start_sources_into_the_target_by_weight(tmp_path):
                                                                ("rehearsal_b", 0.033333)]
     assert load_config(None, overrides["rehearsal_lpft"]).finetune.probe_steps == 150
     assert load_config(None, overrides["restart"]).finetune.reset_logit_scale == 2.0
+
+
+def test_broad_reference_is_one_table_of_every_held_out_split(tmp_path):
+    import csv
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "test.csv").write_text(f"image,caption,in_test\nx.png,{name} one,1\ny.png,{name} two,0\n")
+    out = bf.reference_table([str(tmp_path / "a/test.csv"), str(tmp_path / "b/test.csv")], tmp_path / "ref.csv")
+    rows = list(csv.DictReader(out.open()))
+    assert [r["caption"] for r in rows] == ["a one", "a two", "b one", "b two"]
+    assert rows[2]["image"] == str(tmp_path / "b" / "x.png")  # absolute: the table lives elsewhere

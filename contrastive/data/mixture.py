@@ -197,6 +197,7 @@ class MixtureData(TrainData):
         self.source_samples = [0] * len(self.sources)
         self.source_bad = [BadSampleTracker(max_bad_fraction=1.0, show_first=0) for _ in self.sources]
         self.num_truncated = self.num_captions = 0
+        self.cursors: dict[int, tuple[int, int, int]] = {}  # no streams: every source is read by position
         self._loader: DataLoader | None = None
 
     def _loader_at(self, epoch: int, start_batch: int) -> DataLoader:

@@ -91,3 +91,11 @@ def build(out: str, tar: tarfile.TarFile, train: Pairs, test: Pairs, size: int, 
                 w.writerow([rel, caption, int(key in test)])
     log(f"{len(keys)} training rows ({folders[0]}), {len(shared)} test rows ({folders[1]}); {out}")
     return len(keys), len(shared)
+
+
+def run(doc: str, package: str, pairs, folders: tuple[str, str], default_train: int = 2000) -> None:
+    """A source's whole command: parse OUT and the options, fetch the package, write the two tables and images.
+    `pairs(tar)` gives (train, test) as {key: (member, caption)}; `folders` name the two splits' image folders."""
+    a = parse_args(doc, default_train)
+    tar = fetch(package, a.out, a.package)
+    build(a.out, tar, *pairs(tar), a.size, a.train, folders=folders)

@@ -4,13 +4,9 @@ train.csv: Bootstrap's outline icons ("arrow-left-circle.svg"), caption = the na
 test.csv: the filled icons ("arrow-left-circle-fill.svg") of the names that have one, captioned like their outline
 twin. Licence: MIT (Bootstrap Icons, copyright the Bootstrap Authors).
 
-Usage: python benchmarks/bootstrap_icons/prepare.py OUT_DIR [--size 64] [--train 2000] [--package TGZ]
+Usage: python -m benchmarks.bootstrap_icons.prepare OUT_DIR [--size 64] [--train 2000] [--package TGZ]
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from svgset import build, fetch, members, parse_args, words  # noqa: E402
+from benchmarks.svgset import members, run, words
 
 PACKAGE = "bootstrap-icons@1.13.2"
 
@@ -23,9 +19,7 @@ def pairs(tar):
 
 
 def main():
-    a = parse_args(__doc__)
-    tar = fetch(PACKAGE, a.out, a.package)
-    build(a.out, tar, *pairs(tar), a.size, a.train, folders=("outline", "fill"))
+    run(__doc__, PACKAGE, pairs, ("outline", "fill"))
 
 
 if __name__ == "__main__":

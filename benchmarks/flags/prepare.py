@@ -5,14 +5,10 @@ train.csv: flag-icons' 4:3 flags ("flags/4x3/no.svg", letterboxed on white), cap
 gives ("Norway", "Bosnia and Herzegovina"); test.csv: the 1:1 drawings of the same flags, which crop and recompose
 the design. Licence: MIT (flag-icons, Panayiotis Lipiridis and contributors).
 
-Usage: python benchmarks/flags/prepare.py OUT_DIR [--size 64] [--train 0] [--package TGZ]
+Usage: python -m benchmarks.flags.prepare OUT_DIR [--size 64] [--train 0] [--package TGZ]
 """
 import json
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from svgset import build, fetch, members, parse_args, words  # noqa: E402
+from benchmarks.svgset import members, run
 
 PACKAGE = "flag-icons@7.5.0"
 
@@ -27,9 +23,7 @@ def pairs(tar):
 
 
 def main():
-    a = parse_args(__doc__, default_train=0)
-    tar = fetch(PACKAGE, a.out, a.package)
-    build(a.out, tar, *pairs(tar), a.size, a.train, folders=("4x3", "1x1"))
+    run(__doc__, PACKAGE, pairs, ("4x3", "1x1"), default_train=0)
 
 
 if __name__ == "__main__":

@@ -5,13 +5,9 @@ caption = the name in words ("address book"); test.csv: the regular (outline) st
 Licence: icons CC BY 4.0 (Font Awesome Free by Fonticons, Inc.; attribution is required when the images are
 shared); the package's fonts SIL OFL 1.1 and code MIT.
 
-Usage: python benchmarks/fontawesome/prepare.py OUT_DIR [--size 64] [--train 2000] [--package TGZ]
+Usage: python -m benchmarks.fontawesome.prepare OUT_DIR [--size 64] [--train 2000] [--package TGZ]
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from svgset import build, fetch, members, parse_args, words  # noqa: E402
+from benchmarks.svgset import members, run, words
 
 PACKAGE = "@fortawesome/fontawesome-free@7.3.1"
 
@@ -22,9 +18,7 @@ def pairs(tar):
 
 
 def main():
-    a = parse_args(__doc__)
-    tar = fetch(PACKAGE, a.out, a.package)
-    build(a.out, tar, *pairs(tar), a.size, a.train, folders=("solid", "regular"))
+    run(__doc__, PACKAGE, pairs, ("solid", "regular"))
 
 
 if __name__ == "__main__":

@@ -4,13 +4,9 @@ train.csv: the Pictogrammers Material Design Icons (`@mdi/svg`) that are not out
 caption = the name in words ("account box"); test.csv: the outline variants ("account-box-outline.svg") of those
 names, captioned like their filled twin. Licence: Apache-2.0 (Pictogrammers).
 
-Usage: python benchmarks/mdi/prepare.py OUT_DIR [--size 64] [--train 2000] [--package TGZ]
+Usage: python -m benchmarks.mdi.prepare OUT_DIR [--size 64] [--train 2000] [--package TGZ]
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from svgset import build, fetch, members, parse_args, words  # noqa: E402
+from benchmarks.svgset import members, run, words
 
 PACKAGE = "@mdi/svg@7.4.47"
 
@@ -23,9 +19,7 @@ def pairs(tar):
 
 
 def main():
-    a = parse_args(__doc__)
-    tar = fetch(PACKAGE, a.out, a.package)
-    build(a.out, tar, *pairs(tar), a.size, a.train, folders=("filled", "outline"))
+    run(__doc__, PACKAGE, pairs, ("filled", "outline"))
 
 
 if __name__ == "__main__":

@@ -4,13 +4,9 @@ train.csv: Phosphor's regular icons (`@phosphor-icons/core`, "assets/regular/add
 name in words ("address book"); test.csv: the fill weight of the same names ("assets/fill/address-book-fill.svg").
 Licence: MIT (Phosphor Icons).
 
-Usage: python benchmarks/phosphor/prepare.py OUT_DIR [--size 64] [--train 2000] [--package TGZ]
+Usage: python -m benchmarks.phosphor.prepare OUT_DIR [--size 64] [--train 2000] [--package TGZ]
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from svgset import build, fetch, members, parse_args, words  # noqa: E402
+from benchmarks.svgset import members, run, words
 
 PACKAGE = "@phosphor-icons/core@2.1.1"
 
@@ -23,9 +19,7 @@ def pairs(tar):
 
 
 def main():
-    a = parse_args(__doc__)
-    tar = fetch(PACKAGE, a.out, a.package)
-    build(a.out, tar, *pairs(tar), a.size, a.train, folders=("regular", "fill"))
+    run(__doc__, PACKAGE, pairs, ("regular", "fill"))
 
 
 if __name__ == "__main__":

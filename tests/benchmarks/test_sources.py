@@ -51,8 +51,8 @@ def test_prepare_writes_aligned_train_and_test_tables(tmp_path, name):
     files, train_captions, test_captions = LAYOUTS[name]
     write_package(tmp_path / "package.tgz", files)
     out = tmp_path / "out"
-    subprocess.run([PYTHON, str(ROOT / "benchmarks" / name / "prepare.py"), str(out), "--size", "16",
-                    "--package", str(tmp_path / "package.tgz")], check=True, env=subprocess_env(), capture_output=True)
+    subprocess.run([PYTHON, "-m", f"benchmarks.{name}.prepare", str(out), "--size", "16",
+                    "--package", str(tmp_path / "package.tgz")], check=True, env=subprocess_env(), capture_output=True, cwd=ROOT)
     train, test = read(out / "train.csv"), read(out / "test.csv")
     assert [r["caption"] for r in train] == train_captions and [r["caption"] for r in test] == test_captions
     assert [r["in_test"] for r in train] == ["1", "0"]

@@ -42,6 +42,17 @@ def full_grads(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def backward_step(wrapper, pixels, tokens, loss_fn, micro: int):
+    """This rank's loss, its gradients accumulated: gradient caching over micro-batches of `micro` rows, or one
+    forward and backward when `micro` is 0."""
+    if micro:
+        return gradcache_backward(wrapper, pixels, tokens, loss_fn, micro)
+    out = wrapper(pixels, tokens)
+    loss = loss_fn(out.image_embeds, out.text_embeds, out.logit_scale, out.logit_bias)
+    loss.backward()
+    return loss
+
+
 def distill_checks(base: nn.Module, ddp: nn.Module, pixels: torch.Tensor, tokens: torch.Tensor, ids: torch.Tensor,
                    rows: slice, info: DistInfo) -> int:
     """CLIP mixed with distillation from a teacher's features (gathered across ranks), local (tiled) and global,
@@ -67,12 +78,7 @@ def distill_checks(base: nn.Module, ddp: nn.Module, pixels: torch.Tensor, tokens
             def loss_fn(i, t, s, bias):
                 return batch_loss(i, t, s, bias, ids[rows], ids[rows], teacher=mine)
 
-            if micro:
-                loss = gradcache_backward(ddp, pixels[rows], tokens[rows], loss_fn, micro)
-            else:
-                out = ddp(pixels[rows], tokens[rows])
-                loss = loss_fn(out.image_embeds, out.text_embeds, out.logit_scale, out.logit_bias)
-                loss.backward()
+            loss = backward_step(ddp, pixels[rows], tokens[rows], loss_fn, micro)
             torch.testing.assert_close(all_reduce_mean(loss.detach(), info), ref_loss.detach(), rtol=1e-5, atol=1e-6,
                                        msg=lambda m: f"{what} loss: {m}")
             assert_grads_close(full_grads(ddp.module), ref, what=what, zero=ZERO_GRADIENT_CLIP)
@@ -115,12 +121,7 @@ def main() -> int:
                         def loss_fn(i, t, s, bias):
                             return global_batch_loss(i, t, s, bias, ids[rows], ids[rows], loss_cfg, info)
 
-                        if micro:
-                            loss = gradcache_backward(wrapper, pixels[rows], tokens[rows], loss_fn, micro)
-                        else:
-                            out = wrapper(pixels[rows], tokens[rows])
-                            loss = loss_fn(out.image_embeds, out.text_embeds, out.logit_scale, out.logit_bias)
-                            loss.backward()
+                        loss = backward_step(wrapper, pixels[rows], tokens[rows], loss_fn, micro)
                         if kind == "fsdp":
                             sync_replicated_grads(wrapper, info)
                         torch.testing.assert_close(all_reduce_mean(loss.detach(), info), ref_loss.detach(),

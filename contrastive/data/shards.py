@@ -114,29 +114,20 @@ def tar_error(e: BaseException) -> str:
     return error_line(text) or type(e).__name__
 
 
-def header_groups(tar: tarfile.TarFile) -> Iterator[tuple[str, dict[str, tarfile.TarInfo]]]:
-    """(key, {ext: member}) for each sample of an open local tar, from its headers only (no member data is read)."""
-    key, group = None, {}
-    for member in tar:
-        if not member.isfile():
-            continue
-        k, ext = _split_name(member.name)
-        if k != key and group:
-            yield key, group
-            group = {}
-        key = k
-        group[ext] = member
-    if group:
-        yield key, group
-
-
 def count_samples(url: str) -> int:
     """Samples in a local shard, from its headers (member data is skipped, not read)."""
+    keys = 0
+    last = None
     try:
         with tarfile.open(url, mode="r:*") as tar:
-            return sum(1 for _ in header_groups(tar))
+            for member in tar:
+                if member.isfile():
+                    k, _ = _split_name(member.name)
+                    if k != last:
+                        keys, last = keys + 1, k
     except (tarfile.TarError, OSError, EOFError) as e:
         raise DataError(f"{url}: not a readable tar file ({tar_error(e)})") from None
+    return keys
 
 
 class ShardStream(IterableDataset):

@@ -3,7 +3,7 @@
 `<shard folder>/.contrastive-shards.json` maps each shard's file name to `[size, mtime_ns, samples]`; an entry
 counts only while the shard's size and modification time (one `stat`, no open) still match, so a rewritten,
 replaced or added shard is counted again (from its tar headers) and the index updated. When the folder is not
-writable the index goes to the cache folder (`$XDG_CACHE_HOME/contrastive/shard-counts/`, keyed by the folder's
+writable the index goes to the cache folder (`shard-counts/` in `tables.cache_root()`, keyed by the folder's
 path). A `sizes.json` beside the shards (OpenCLIP's convention: `{file name: samples}`) is read too, for shards the
 index does not hold; it carries no sizes or times, so it is trusted as it stands.
 """
@@ -16,6 +16,8 @@ import json
 import os
 from pathlib import Path
 from typing import Callable
+
+from .tables import cache_root
 
 INDEX_NAME = ".contrastive-shards.json"
 SIZES_NAME = "sizes.json"
@@ -59,7 +61,7 @@ def _folder_counts(folder: Path, paths: list[str], count: Callable[[str], int]) 
 
 def index_paths(folder: Path) -> list[Path]:
     """Where the index of `folder` may be: beside the shards, then in the cache folder."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "contrastive" / "shard-counts"
+    cache = cache_root() / "shard-counts"
     key = hashlib.blake2b(str(folder).encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
     return [folder / INDEX_NAME, cache / f"{key}.json"]
 

@@ -146,10 +146,16 @@ def _file_key(path: str, stat: dict[str, str]) -> dict[str, str]:
     return {**stat, "hash": h.hexdigest()}
 
 
+def cache_root() -> Path:
+    """The toolkit's cache folder, for what cannot be written beside the data: `$CONTRASTIVE_CACHE`, else
+    `$XDG_CACHE_HOME/contrastive`, else `~/.cache/contrastive`."""
+    return Path(os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "contrastive")
+
+
 def _cache_paths(path: str) -> list[Path]:
     """Where the cache of `path` may be: beside it, then in the cache folder (named by a hash of the full path)."""
     p = Path(os.path.abspath(path))
-    root = Path(os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "contrastive")
+    root = cache_root()
     tag = hashlib.blake2b(str(p).encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
     return [p.parent / ".contrastive_cache" / f"{p.name}.arrow", root / "tables" / f"{tag}-{p.name}.arrow"]
 

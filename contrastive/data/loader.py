@@ -9,6 +9,7 @@ resumed run sees exactly the batches it would have seen.
 from __future__ import annotations
 
 import signal
+import weakref
 from typing import Any, Callable, Iterator
 
 import torch
@@ -112,6 +113,17 @@ def ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def shutdown_workers(loader: DataLoader) -> None:
+    """End the worker processes a persistent-workers loader keeps between epochs. They would otherwise live until the
+    loader is garbage-collected, and since they ignore SIGTERM (`ignore_stop_signals`), an interpreter exiting with
+    them alive would wait for them for ever: multiprocessing's exit handler sends its daemonic children SIGTERM and
+    joins them."""
+    iterator = getattr(loader, "_iterator", None)  # where torch keeps a persistent loader's live iterator
+    if iterator is not None:
+        iterator._shutdown_workers()
+        loader._iterator = None
+
+
 def loader_options(data_cfg: DataConfig) -> dict[str, Any]:
     workers = data_cfg.num_workers
     return {
@@ -184,6 +196,7 @@ class TrainData:
         # without reading (see data.shards)
         self.cursors: dict[int, tuple[int, int, int]] = {}
         self._loader: DataLoader | None = None
+        self._closer: weakref.finalize | None = None  # ends a kept loader's persistent workers
         if isinstance(self.dataset, ImageTextDataset) and self.num_samples:
             self.check_usable()
 
@@ -200,10 +213,24 @@ class TrainData:
         if self._loader is None or not opts["persistent_workers"]:
             sampler = ResumableBatchSampler(len(self.dataset), self.batch_size, self.seed, epoch, start_batch,
                                             self.rank, self.world_size)
-            self._loader = DataLoader(self.dataset, batch_sampler=sampler,
-                                      collate_fn=Collate(self.tokenizer, self.cfg.trim_padding), **opts)
+            self.keep_loader(DataLoader(self.dataset, batch_sampler=sampler,
+                                        collate_fn=Collate(self.tokenizer, self.cfg.trim_padding), **opts))
         self._loader.batch_sampler.set_position(epoch, start_batch)
         return self._loader
+
+    def keep_loader(self, loader: DataLoader) -> None:
+        """Hold `loader` for the next epochs; its persistent workers end at `close()`, when this object is collected,
+        or at interpreter exit, whichever comes first."""
+        self.close()
+        self._loader = loader
+        if loader.persistent_workers:
+            self._closer = weakref.finalize(self, shutdown_workers, loader)
+
+    def close(self) -> None:
+        """End the kept loader's worker processes (safe to call twice)."""
+        if self._closer is not None:
+            self._closer()
+        self._loader = self._closer = None
 
     def batches(self, epoch: int, start_batch: int) -> Iterator[dict]:
         """This rank's batches of `epoch` from global batch `start_batch` on; raises DataError when the data is too

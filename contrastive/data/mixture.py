@@ -199,6 +199,7 @@ class MixtureData(TrainData):
         self.num_truncated = self.num_captions = 0
         self.cursors: dict[int, tuple[int, int, int]] = {}  # no streams: every source is read by position
         self._loader: DataLoader | None = None
+        self._closer = None
 
     def _loader_at(self, epoch: int, start_batch: int) -> DataLoader:
         opts = loader_options(self.cfg)
@@ -207,7 +208,7 @@ class MixtureData(TrainData):
             sampler = MixtureBatchSampler(self.sizes, weights, self.batch_size, self.seed, self.steps_per_epoch,
                                           epoch, start_batch, self.rank, self.world_size)
             collate = MixtureCollate(self.tokenizer, self.cfg.trim_padding, len(self.sources))
-            self._loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate, **opts)
+            self.keep_loader(DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate, **opts))
         self._loader.batch_sampler.set_position(epoch, start_batch)
         return self._loader
 

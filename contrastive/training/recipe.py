@@ -26,7 +26,7 @@ from torch import nn
 
 from ..interop.checkpoint import latest_checkpoint, prune_checkpoints, save_checkpoint
 from ..config import Config
-from ..data import build_transform, read_records
+from ..data import TrainData, build_transform, read_records
 from ..data.diversity import diversity_warnings
 from ..data.mixture import open_train_data
 from ..data.prefetch import device_batches
@@ -101,6 +101,7 @@ class ContrastiveRecipe:
         self.stopping = False
         self.logger: MetricsLogger | None = None
         self.bar = None
+        self.train_data: TrainData | None = None
         self.ema = None  # the moving average of the weights (train.ema_decay)
         self.reference = None  # the reference sets that measure forgetting (eval.reference)
         self.replaced: ReplacedRun | None = None  # an earlier run train.overwrite moved aside, until our 1st checkpoint
@@ -458,8 +459,10 @@ class ContrastiveRecipe:
             self.bar = None
 
     def cleanup(self) -> None:
-        """Close the progress bar, the metrics file and the trackers (safe to call twice)."""
+        """Close the progress bar, the metrics file, the trackers and the data workers (safe to call twice)."""
         self.close_bar()
+        if self.train_data is not None:
+            self.train_data.close()
         if self.logger is not None:
             self.logger.close()
             self.logger = None

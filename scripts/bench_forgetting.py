@@ -14,11 +14,11 @@ tokenizer and context):
   locked    the image tower is locked (`finetune.image.lock=true`), the text tower and projections train
   LoRA      rank-`--lora-rank` adapters on both towers' attention projections (`finetune.*.lora.rank`)
   WiSE-FT   `contrastive wise-ft --alphas ...` between the start and the full fine-tune, and between the start
-            and the locked-image fine-tune (the interpolation then moves the text tower and projections only)
+            and the best other method's fine-tune (the one whose smaller of kept and gain is largest)
   LP-FT     `finetune.probe_steps=--probe-steps`: the projections and the temperature alone first, then everything
   restart   `finetune.reset_logit_scale=--reset-scale`: the fine-tune starts at that temperature scale
-  rehearsal the start's own training data mixed into every batch at `--rehearsal-weight` (`data.train` as a list of
-            sources); also with LP-FT ("rehearsal + LP-FT")
+  rehearsal the start's own training data mixed into every batch, once at each of `--rehearsal-weights` (`data.train`
+            as a list of sources); also with LP-FT at the first weight ("rehearsal + LP-FT")
 `--methods` picks which run (full always runs: the gains are shares of its gain).
 
 Scores come from the runs themselves: the reference (the 400 held-out shapes, `eval.reference`) and the target (the
@@ -26,7 +26,8 @@ Scores come from the runs themselves: the reference (the 400 held-out shapes, `e
 "kept" is the reference's text->image R@1 over the start's; "gain" is the target's text->image R@10 gained over the
 start's, as a share of full fine-tuning's gain (R@10: after a few epochs the target's R@1 is a handful of icons).
 The goal: one method with kept >= 90% and gain >= 90%. Output: a markdown section in docs/benchmarks.md
-("## Fine-tuning without forgetting"), the trade-off PNG in docs/images/, and a JSON line per method.
+("## Fine-tuning without forgetting"), the trade-off PNG in docs/images/, a JSON line per method, and with
+`--json` the same figures as {"methods": {name: {"kept": fraction, "gain": fraction}}, ...}.
 """
 
 from __future__ import annotations
@@ -85,14 +86,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lora-lr", type=float, default=2e-3, help="LoRA's learning rate (adapters start at zero)")
     p.add_argument("--probe-steps", type=int, default=150, help="LP-FT: steps that train only the head")
     p.add_argument("--reset-scale", type=float, default=2.0, help="temperature restart: the scale a fine-tune starts at")
-    p.add_argument("--rehearsal-weight", type=float, default=0.1, help="rehearsal: the start's data's share of a batch")
+    p.add_argument("--rehearsal-weights", default="0.1,0.3",
+                   help="rehearsal: the start's data's share of a batch, one run per weight (comma-separated)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
     p.add_argument("--alphas", default="0,0.2,0.4,0.6,0.8,1")
     p.add_argument("--work", default="", help="folder for the runs (default: a fresh one under /tmp)")
     p.add_argument("--output", default=str(ROOT / "docs/benchmarks.md"), help="markdown file ('' = none)")
-    p.add_argument("--plot", default=str(ROOT / "docs/images/forgetting_icons.png"))
+    p.add_argument("--plot", default="", help="the trade-off PNG (default: docs/images/forgetting_<start>.png)")
+    p.add_argument("--json", default="", help="a JSON file of every method's kept and gain ('' = none)")
     p.add_argument("--reuse", action="store_true",
-                   help="read runs of --work that finished --steps steps instead of training them again (after a stop)")
+                   help="read runs of --work that finished (the start's included) instead of training them again")
     return p.parse_args(argv)
 
 
@@ -126,6 +129,9 @@ def start_checkpoint(a, work: Path) -> Path:
         a.reference = str(reference_table([r.data for r in cfg.eval.reference], work / "reference.csv"))
     elif a.start:
         return resolve_checkpoint(a.start)
+    if a.reuse and (work / "start" / "summary.json").is_file():
+        print(f"start: reused the finished run in {work / 'start'}", flush=True)
+        return resolve_checkpoint(work / "start")
     steps = [f"train.max_steps={a.start_steps}"] if a.start_steps else []
     seconds = run(contrastive("train", "--config", BROAD if broad else "configs/shapes_tiny.yaml", *steps,
                               f"train.output_dir={work}", "train.run_name=start", "train.overwrite=true",
@@ -217,33 +223,51 @@ def judge(rows: dict[str, dict], start: dict) -> dict[str, dict]:
     return out
 
 
-def plot(judged: dict[str, dict], start: dict, curves: dict[str, list[dict]], path: Path) -> None:
+def write_json(path: Path, a, judged: dict[str, dict], start: dict) -> None:
+    """{"methods": {name: {"kept", "gain", ...}}, "start": ..., "command": ...}: the table's figures, for tools."""
+    pick = lambda r: {"reference": r["reference"], "target": r["target"]}  # noqa: E731
+    out = {"command": "python -m scripts.bench_forgetting " + " ".join(shlex.quote(x) for x in sys.argv[1:]),
+           "kept": f"reference {METRIC} over the start's", "gain": f"target {GAIN} gained, as a share of full's",
+           "start": pick(start),
+           "methods": {n: {"kept": round(r["kept"], 4), "gain": round(r["gain"], 4), "goal": r["goal"], **pick(r)}
+                       for n, r in judged.items()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1) + "\n")
+
+
+def pairing(a) -> tuple[str, str]:
+    """(the start's name, the reference's description) for titles and axes."""
+    return ("broad start", "the start's sources, held out") if a.start == "broad" else ("shapes", "shapes held-out")
+
+
+def plot(a, judged: dict[str, dict], start: dict, curves: dict[str, list[dict]], path: Path) -> None:
     from contrastive.evaluation.plots import _figure
 
     fig = _figure(6.5, 5.0)
     ax = fig.add_subplot(1, 1, 1)
     pct = lambda r, s: 100 * r[s][GAIN if s == "target" else METRIC]  # noqa: E731
-    for (label, curve), color in zip(curves.items(), ("tab:blue", "tab:olive")):
+    for (name, curve), color in zip(curves.items(), ("tab:blue", "tab:olive")):
         ax.plot([pct(p, "target") for p in curve], [pct(p, "reference") for p in curve], "-o", color=color,
-                label=f"WiSE-FT (start → {label})", zorder=2, ms=4)
+                label=f"WiSE-FT (start → {name})", zorder=2, ms=4)
         for p in interior(curve):
             ax.annotate(f"α={p['alpha']:g}", (pct(p, "target"), pct(p, "reference")), textcoords="offset points",
                         xytext=(5, 3), fontsize=7, color=color)
-    markers = {"full": ("s", "tab:red"), "EMA": ("D", "tab:orange"), "locked image": ("^", "tab:green"),
-               "LoRA": ("v", "tab:purple"), "LP-FT": ("P", "tab:brown"), "temperature restart": ("X", "tab:pink"),
-               "rehearsal": ("o", "tab:cyan"), "rehearsal + LP-FT": ("h", "tab:gray")}
-    for name, (marker, color) in markers.items():
-        if name in judged:
-            ax.scatter([pct(judged[name], "target")], [pct(judged[name], "reference")], marker=marker, s=60,
-                       color=color, label=name, zorder=3)
+    markers = iter(zip("sDv^PXoh<>p", ("tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink",
+                                        "tab:cyan", "tab:gray", "tab:olive", "gold", "navy")))
+    for name, r in judged.items():
+        if not name.startswith("WiSE-FT"):
+            marker, color = next(markers)
+            ax.scatter([pct(r, "target")], [pct(r, "reference")], marker=marker, s=60, color=color, label=name,
+                       zorder=3)
     ax.scatter([pct(start, "target")], [pct(start, "reference")], marker="*", s=140, color="black", label="start",
                zorder=3)
     gain_full = judged["full"]["target"][GAIN] - start["target"][GAIN]
     ax.axhline(90 * start["reference"][METRIC], ls="--", lw=0.8, color="gray")
     ax.axvline(100 * (start["target"][GAIN] + 0.9 * gain_full), ls="--", lw=0.8, color="gray")
-    ax.set_xlabel("target: icons test t→i R@10 (%)")
-    ax.set_ylabel("reference: shapes held-out t→i R@1 (%)")
-    ax.set_title("fine-tuning shapes → icons: kept vs gained (dashed: 90% goals)", fontsize=9)
+    ax.set_xlabel(f"target: {Path(a.data).name} test t→i R@10 (%)")
+    start_name, reference = pairing(a)
+    ax.set_ylabel(f"reference: {reference}, t→i R@1 (%)")
+    ax.set_title(f"fine-tuning {start_name} → {Path(a.data).name}: kept vs gained (dashed: 90% goals)", fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -257,7 +281,7 @@ def markdown(a, judged: dict[str, dict], start: dict, seconds: dict[str, float],
 
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     argv = " ".join(shlex.quote(x) for x in sys.argv[1:])
-    lines = [f"### shapes → icons ({when})", "",
+    lines = [f"### {pairing(a)[0]} → {Path(a.data).name} ({when})", "",
              f"`python -m scripts.bench_forgetting {argv}` on {machine_description(torch.device('cpu'))}; "
              f"{a.steps} fine-tuning steps at batch {a.batch_size} per run; percent. kept: reference t→i R@1 over "
              "the start's; gain: target t→i R@10 gained over the start's, as a share of full fine-tuning's.", "",
@@ -287,18 +311,49 @@ def write_markdown(path: Path, text: str) -> None:
     path.write_text(head + sep + section.rstrip() + "\n\n" + text + rest)
 
 
-def method_overrides(a) -> dict[str, list[str]]:
-    """The overrides of each method's fine-tune (besides the shared ones of `train_run`)."""
-    w, total = a.rehearsal_weight, sum(weight for _, weight, _ in a.rehearsal)
+def rehearsal_weights(a) -> list[float]:
+    return [float(w) for w in str(a.rehearsal_weights).split(",") if w.strip()]
+
+
+def mixture(a, w: float) -> str:
+    """`data.train`: the target at weight 1 - w, the start's sources sharing w in their own proportions."""
+    total = sum(weight for _, weight, _ in a.rehearsal)
     start_data = ", ".join(f"{{path: {path}, weight: {w * weight / total:.6g}, name: {name}}}"
                            for path, weight, name in a.rehearsal)
-    mixture = f"data.train=[{{path: {Path(a.data) / 'train.csv'}, weight: {1 - w:g}, name: target}}, {start_data}]"
+    return f"data.train=[{{path: {Path(a.data) / 'train.csv'}, weight: {1 - w:g}, name: target}}, {start_data}]"
+
+
+def method_overrides(a) -> dict[str, list[str]]:
+    """The overrides of each run (besides the shared ones of `train_run`), by run name; rehearsal runs once per
+    weight ("rehearsal_0.1", ...)."""
     probe = f"finetune.probe_steps={a.probe_steps}"
+    weights = rehearsal_weights(a)
     return {"locked": ["finetune.image.lock=true"],
             "lora": [f"finetune.image.lora.rank={a.lora_rank}", f"finetune.text.lora.rank={a.lora_rank}",
                      f"optim.lr={a.lora_lr}"],
             "lpft": [probe], "restart": [f"finetune.reset_logit_scale={a.reset_scale:g}"],
-            "rehearsal": [mixture], "rehearsal_lpft": [mixture, probe]}
+            **{f"rehearsal_{w:g}": [mixture(a, w)] for w in weights},
+            "rehearsal_lpft": [mixture(a, weights[0]), probe]}
+
+
+def run_names(a, methods: list[str]) -> list[str]:
+    """The runs of the chosen methods (rehearsal: one per weight)."""
+    rehearsal = [f"rehearsal_{w:g}" for w in rehearsal_weights(a)]
+    return [name for m in methods for name in (rehearsal if m == "rehearsal" else [m])]
+
+
+def label(a, name: str) -> str:
+    """A run's label in the table: the method's, with the rehearsal weight as a share of the batch."""
+    if name.startswith("rehearsal_") and name != "rehearsal_lpft":
+        return f"rehearsal {100 * float(name.removeprefix('rehearsal_')):g}%"
+    if name == "rehearsal_lpft":
+        return f"rehearsal {100 * rehearsal_weights(a)[0]:g}% + LP-FT"
+    return METHODS[name]
+
+
+def best_other(judged: dict[str, dict], names: list[str]) -> str:
+    """The method (neither full fine-tuning, its EMA nor a WiSE-FT point) whose smaller of kept and gain is largest."""
+    return max(names, key=lambda n: min(judged[n]["kept"], judged[n]["gain"]))
 
 
 def main(argv=None) -> None:
@@ -321,24 +376,28 @@ def main(argv=None) -> None:
     curves = {"full": wise_ft(a, work, start, work / "full")}
     print(json.dumps({"full": full, "wise_ft": curves["full"]}), flush=True)  # the figures so far, in case of a stop
     overrides, runs = method_overrides(a), {}
-    for m in methods:
-        runs[m] = finetune(a, work, start, m, *overrides[m])
-        if m == "locked":
-            curves["locked image"] = wise_ft(a, work, start, work / "locked", "wise_ft_locked")
+    for name in run_names(a, methods):
+        runs[label(a, name)] = finetune(a, work, start, name, *overrides[name]) | {"run": name}
     begin = full["start"]
-    rows = {"full": full["model"], "EMA": full["ema"], **{METHODS[m]: r["model"] for m, r in runs.items()},
-            **{f"WiSE-FT α={p['alpha']:g}": p for p in interior(curves["full"])},
-            **{f"WiSE-FT locked α={p['alpha']:g}": p for p in interior(curves.get("locked image", []))}}
+    rows = {"full": full["model"], "EMA": full["ema"], **{n: r["model"] for n, r in runs.items()}}
+    if runs:  # WiSE-FT of the best other method too
+        best = best_other(judge(rows, begin), list(runs))
+        curves[best] = wise_ft(a, work, start, work / runs[best]["run"], f"wise_ft_{runs[best]['run']}")
+    for name, curve in curves.items():
+        rows |= {f"WiSE-FT {'' if name == 'full' else name + ' '}α={p['alpha']:g}": p for p in interior(curve)}
     judged = judge(rows, begin)
     for name, r in judged.items():
         print(json.dumps({"method": name, **r}), flush=True)
+    a.plot = a.plot or str(ROOT / f"docs/images/forgetting_{'broad' if a.start == 'broad' else 'icons'}.png")
     Path(a.plot).parent.mkdir(parents=True, exist_ok=True)
-    plot(judged, begin, curves, Path(a.plot))
-    seconds = {"full + EMA": full["seconds"], **{METHODS[m]: r["seconds"] for m, r in runs.items()}}
+    plot(a, judged, begin, curves, Path(a.plot))
+    seconds = {"full + EMA": full["seconds"], **{n: r["seconds"] for n, r in runs.items()}}
     text = markdown(a, judged, begin, seconds, os.path.relpath(a.plot, Path(a.output).parent if a.output else ROOT))
     print(text)
     if a.output:
         write_markdown(Path(a.output), text)
+    if a.json:
+        write_json(Path(a.json), a, judged, begin)
 
 
 if __name__ == "__main__":

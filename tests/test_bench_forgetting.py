@@ -22,6 +22,23 @@ def test_kept_and_gain_against_the_start_and_full_fine_tuning():
     assert judged["timid"]["gain"] == pytest.approx(0.4)
 
 
+def test_best_other_method_is_the_one_with_the_largest_smaller_figure():
+    start = scores(0.20, 0.01)
+    judged = bf.judge({"full": scores(0.05, 0.11), "keeps": scores(0.20, 0.03), "even": scores(0.16, 0.09)}, start)
+    assert bf.best_other(judged, ["keeps", "even"]) == "even"  # min(0.8, 0.8) beats min(1.0, 0.2)
+
+
+def test_json_holds_kept_and_gain_of_every_method(tmp_path):
+    import json
+    from argparse import Namespace
+
+    start = scores(0.20, 0.01)
+    judged = bf.judge({"full": scores(0.05, 0.11), "mild": scores(0.19, 0.10)}, start)
+    bf.write_json(tmp_path / "f.json", Namespace(), judged, start)
+    methods = json.loads((tmp_path / "f.json").read_text())["methods"]
+    assert {n: (m["kept"], m["gain"]) for n, m in methods.items()} == {"full": (0.25, 1.0), "mild": (0.95, 0.9)}
+
+
 def test_markdown_section_is_created_then_extended(tmp_path):
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\n## Other\n\ntext\n")
@@ -37,12 +54,18 @@ def test_rehearsal_mixes_the_start_sources_into_the_target_by_weight(tmp_path):
 
     from contrastive.config import load_config
 
-    a = Namespace(data=str(tmp_path), rehearsal_weight=0.1, probe_steps=150, reset_scale=2.0, lora_rank=8,
+    a = Namespace(data=str(tmp_path), rehearsal_weights="0.1,0.3", probe_steps=150, reset_scale=2.0, lora_rank=8,
                   lora_lr=2e-3, rehearsal=[("a.csv", 2.0, "rehearsal_a"), ("b.csv", 1.0, "rehearsal_b")])
     overrides = bf.method_overrides(a)
     sources = load_config(None, overrides["rehearsal_lpft"]).data.train_sources()
     assert [(s.name, round(s.weight, 6)) for s in sources] == [("target", 0.9), ("rehearsal_a", 0.066667),
                                                                ("rehearsal_b", 0.033333)]
+    heavier = load_config(None, overrides["rehearsal_0.3"]).data.train_sources()
+    assert [round(s.weight, 6) for s in heavier] == [0.7, 0.2, 0.1]
+    assert bf.run_names(a, ["lpft", "rehearsal", "rehearsal_lpft"]) == ["lpft", "rehearsal_0.1", "rehearsal_0.3",
+                                                                        "rehearsal_lpft"]
+    assert [bf.label(a, n) for n in ("rehearsal_0.3", "rehearsal_lpft", "lpft")] == [
+        "rehearsal 30%", "rehearsal 10% + LP-FT", "LP-FT"]
     assert load_config(None, overrides["rehearsal_lpft"]).finetune.probe_steps == 150
     assert load_config(None, overrides["restart"]).finetune.reset_logit_scale == 2.0
 

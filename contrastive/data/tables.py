@@ -43,7 +43,11 @@ from ..errors import DataError
 
 CACHE_VERSION = 1
 CACHE_ENV = "CONTRASTIVE_CACHE"  # where caches go when the table's folder cannot be written
-BLOCK_BYTES = 16 << 20  # pyarrow's read block (a row must fit in one) and the line-by-line readers' batch size
+BLOCK_BYTES = 16 << 20  # the hash's and the line count's read size
+# pyarrow's read block: a row must fit in one (a longer row sends the table to the line-by-line reader). 1 MiB
+# keeps the build's memory flat in the table's size (16 MiB blocks: +0.25 GiB at 10^6 rows, +0.53 GiB at 3x10^6)
+# and reads as fast
+READ_BLOCK_BYTES = 1 << 20
 SAY_BUILD_BYTES = 16 << 20  # tables at least this large say when their cache is built
 RAW = "raw"  # the single source column of JSONL read line by line: each row's JSON text
 
@@ -265,7 +269,7 @@ def _csv_by_pyarrow(path: str, fmt: str, key: dict[str, str], out: Path) -> int:
     if header_lines != 1 or not plain:
         raise _Irregular
     names = [str(i) for i in range(len(header))]
-    reader_opts = pa_csv.ReadOptions(column_names=names, skip_rows=1, block_size=BLOCK_BYTES)
+    reader_opts = pa_csv.ReadOptions(column_names=names, skip_rows=1, block_size=READ_BLOCK_BYTES)
     parse = pa_csv.ParseOptions(delimiter="," if fmt == "csv" else "\t", newlines_in_values=False)
     convert = pa_csv.ConvertOptions(column_types={n: pa.binary() for n in names}, strings_can_be_null=False)
     writer = _Writer(out, key, fmt, header, text=True, reader="pyarrow")
@@ -358,7 +362,7 @@ def _jsonl_by_pyarrow(path: str, fmt: str, key: dict[str, str], out: Path) -> in
         raise _Irregular
     writer = None
     try:
-        reader = pa_json.open_json(path, read_options=pa_json.ReadOptions(block_size=BLOCK_BYTES))
+        reader = pa_json.open_json(path, read_options=pa_json.ReadOptions(block_size=READ_BLOCK_BYTES))
         schema = reader.schema
         if not all(_plain(t) for t in schema.types):
             raise _Irregular

@@ -252,3 +252,17 @@ def test_the_vocabulary_sample_reads_a_bounded_number_of_rows(tmp_path):
     assert len(every) == 1000 and len(some) == 50 and set(some) < set(every)
     assert some == sorted(some, key=every.index)  # in table order
     assert some == list(iter_captions(str(tmp_path / "t.csv"), limit=50, seed=3))
+
+
+def test_the_caption_sample_reads_whole_runs_of_rows_from_few_places():
+    from contrastive.data.sources import SAMPLE_RUN, sample_runs
+
+    picked = sample_runs(10_000_000, 200_000, seed=0)
+    assert len(picked) == len(set(picked)) == 200_000 and picked == sorted(picked)
+    assert picked != sample_runs(10_000_000, 200_000, seed=1)  # seeded
+    assert len({i // SAMPLE_RUN for i in picked}) == 200_000 // SAMPLE_RUN + 1  # ~0.2% of the table's runs
+    runs = {i // SAMPLE_RUN for i in picked}
+    assert max(runs) - min(runs) > 0.9 * 10_000_000 // SAMPLE_RUN  # spread over the whole table
+    short = sample_runs(1000, 300, seed=2)  # 4 runs of 256, the last one 232 rows: trimmed to exactly 300
+    assert len(short) == len(set(short)) == 300 and max(short) < 1000
+    assert sample_runs(100, 100, seed=0) == list(range(100))

@@ -3,8 +3,8 @@ and OpenCLIP's, at 10^4..10^7 table rows and 10^2..10^4 WebDataset shards.
 
 Generates the collections into `--work` (tables of `image,caption` rows pointing at the bundled images in
 data/shapes, captions drawn word by word from a Zipfian distribution over a 20,000-word vocabulary; shards of the
-same small JPEGs with their captions; above 10^6 rows the 10^6 rows are repeated), then runs each measurement in a fresh process while this one samples the
-memory of that process and of its DataLoader workers (psutil, every 0.2 s):
+same small JPEGs with their captions; every row drawn anew, 10^7 included), then runs each measurement in a fresh
+process while this one samples the memory of that process and of its DataLoader workers (psutil, every 0.2 s):
 
 - first batch: seconds from the start of the process's work to the first batch (imports excluded). For this package
   it covers the table's row cache (built, or mapped when cached), the bounded caption sample the vocabulary is
@@ -78,17 +78,6 @@ def captions(rng: np.random.Generator, words: np.ndarray, n: int, exponent: floa
 def make_table(path: Path, rows: int, seed: int = 0) -> Path:
     """A CSV of `rows` rows `image,caption,label` (absolute paths of the bundled images, in turn)."""
     if path.is_file():
-        return path
-    block = 1_000_000
-    if rows > block and rows % block == 0:  # 10^6 rows of captions, repeated (writing captions is slow in Python)
-        base = make_table(path.with_name(f"rows_{block}.csv"), block, seed)
-        with base.open("rb") as f:
-            header, body = f.readline(), f.read()
-        with path.with_suffix(".tmp").open("wb") as f:
-            f.write(header)
-            for _ in range(rows // block):
-                f.write(body)
-        path.with_suffix(".tmp").replace(path)
         return path
     rng, words = np.random.default_rng(seed), np.array(vocabulary())
     images = [str(p) for p in IMAGES]

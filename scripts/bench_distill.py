@@ -122,10 +122,11 @@ def bench(a, data: Path) -> dict:
 
 
 def table(a, results: list[dict]) -> str:
+    flags = [[f"--{name}", *values] for name, values in (("teacher", a.teacher), ("student", a.student),
+                                                          ("distill", a.distill)) if values]
     cmd = "python -m scripts.bench_distill " + " ".join(
-        [*(str(Path(d).name) for d in a.data), "--teacher", *a.teacher, "--student", *a.student,
-         *(["--distill", *a.distill] if a.distill else [])])
-    lines = [f"`{cmd}` (seed {a.seed}) on {platform.processor() or platform.machine()}, torch {torch.__version__}; "
+        [*(str(Path(d).name) for d in a.data), *(x for f in flags for x in f), f"--seed {a.seed}"])
+    lines = [f"`{cmd}` on {platform.processor() or platform.machine()}, torch {torch.__version__}; "
              "percent, held-out test split unless marked train.", "",
              "| benchmark | run | train t→i R@1 | test t→i R@1 | test t→i R@10 | test i→t R@1 | test i→t R@10 | train s |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]

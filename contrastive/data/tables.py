@@ -138,7 +138,7 @@ def map_table(path: str, fmt: str) -> MappedRows:
 def _stat_key(path: str) -> dict[str, str]:
     """What the file system says of the file: any write to it changes its ctime, which no one can set back."""
     st = os.stat(path)
-    return {"version": str(CACHE_VERSION), "source": os.path.abspath(path), "size": str(st.st_size),
+    return {"version": str(CACHE_VERSION), "source": os.path.realpath(path), "size": str(st.st_size),
             "mtime_ns": str(st.st_mtime_ns), "ctime_ns": str(st.st_ctime_ns), "inode": f"{st.st_dev}:{st.st_ino}"}
 
 
@@ -158,7 +158,7 @@ def cache_root() -> Path:
 
 def _cache_paths(path: str) -> list[Path]:
     """Where the cache of `path` may be: beside it, then in the cache folder (named by a hash of the full path)."""
-    p = Path(os.path.abspath(path))
+    p = Path(os.path.realpath(path))
     root = cache_root()
     tag = hashlib.blake2b(str(p).encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
     return [p.parent / ".contrastive_cache" / f"{p.name}.arrow", root / "tables" / f"{tag}-{p.name}.arrow"]

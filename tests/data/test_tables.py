@@ -176,6 +176,19 @@ def test_a_changed_table_is_read_again_and_says_so(tmp_path, capsys):
         f"{path} changed since its row cache was built; reading it again into {first.table.cache}"
 
 
+def test_one_table_reached_through_a_link_shares_its_cache(tmp_path, capsys):
+    """A table (or its folder) reached through a symbolic link is the same table: one cache, never "changed"."""
+    (tmp_path / "data").mkdir()
+    path = tmp_path / "data" / "t.csv"
+    path.write_text("image,caption\na.jpg,one\n")
+    (tmp_path / "linked").symlink_to(tmp_path / "data")
+    (tmp_path / "t_link.csv").symlink_to(path)
+    caches = {TableSource(str(p), "image", "caption").table.cache
+              for p in (path, tmp_path / "linked" / "t.csv", tmp_path / "t_link.csv", path)}
+    assert caches == {str(tmp_path / "data" / ".contrastive_cache" / "t.csv.arrow")}
+    assert "changed" not in capsys.readouterr().err
+
+
 def test_an_unwritable_data_folder_caches_in_the_cache_folder(tmp_path):
     """As root the reader runs without the capability to write past permissions (root writes anywhere)."""
     data, cache = tmp_path / "data", tmp_path / "cache"

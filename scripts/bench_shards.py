@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from contrastive.config import load_config
+from contrastive.data import shard_index
 from contrastive.data.images import ImageTransform
 from contrastive.data.shard_index import index_paths
 from contrastive.data.shards import ShardStream
@@ -77,12 +78,19 @@ def drop_index(pattern: str) -> None:
 
 def bench_startup(pattern: str, batch_size: int, rounds: int) -> dict[str, list[float]]:
     """Start-up (stream built + first batch) without the index (it is deleted first, so the start counts every
-    shard and writes it) and with it, alternating."""
-    times: dict[str, list[float]] = {"without index": [], "with index": []}
+    shard and writes it), counted in one process and in the pool as shipped, and with the index; alternating."""
+    times: dict[str, list[float]] = {"without index, one counting process": [], "without index": [],
+                                     "with index": []}
+    shipped = shard_index.PARALLEL_FROM
     for _ in range(rounds):
-        drop_index(pattern)
-        times["without index"].append(sum(first_batch_s(lambda: build_stream(pattern, batch_size), 0, 0)))
-        times["with index"].append(sum(first_batch_s(lambda: build_stream(pattern, batch_size), 0, 0)))
+        for name, values in times.items():
+            if name != "with index":
+                drop_index(pattern)
+            shard_index.PARALLEL_FROM = 1 << 62 if "one counting process" in name else shipped
+            try:
+                values.append(sum(first_batch_s(lambda: build_stream(pattern, batch_size), 0, 0)))
+            finally:
+                shard_index.PARALLEL_FROM = shipped
     return times
 
 
@@ -114,7 +122,7 @@ def main() -> None:
         pattern = make_tiny_shards(Path(tmp) / "shards", args.shards, args.per_shard)
         made = time.perf_counter() - t0
         results = {**bench_startup(pattern, args.batch_size, args.rounds),
-                   **bench_resume(pattern, args.batch_size, args.resume_rounds)}
+                   **(bench_resume(pattern, args.batch_size, args.resume_rounds) if args.resume_rounds else {})}
     print(f"### {args.shards:,} shards of {args.per_shard} samples, batch {args.batch_size}, one stream "
           f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
     print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), torch "

@@ -55,6 +55,18 @@ def test_count_index_agrees_with_a_full_count_and_is_used(tmp_path):
     assert (again.num_samples, again.steps_per_epoch, again.counts) == (first.num_samples, first.steps_per_epoch, first.counts)
 
 
+def test_many_shards_are_counted_in_parallel_processes_as_one_would(tmp_path, monkeypatch):
+    from contrastive.data import shard_index
+
+    monkeypatch.setattr(shard_index, "PARALLEL_FROM", 2)  # 8 shards: counted by 2 processes (2 cores here)
+    sizes = [3, 1, 4, 1, 5, 9, 2, 6]
+    urls = expand_shards(write_shards(tmp_path / "shards", 8, sizes))
+    assert shard_index.count_all(count_samples, urls) == sizes == [count_samples(u) for u in urls]
+    scramble(Path(urls[5]))
+    with pytest.raises(DataError, match=r"shard-05\.tar: not a readable tar"):  # a child's error, as one line
+        shard_index.count_all(count_samples, urls)
+
+
 def test_a_changed_shard_set_is_counted_again(tmp_path):
     folder = tmp_path / "shards"
     pattern = write_shards(folder, 3, 6)

@@ -88,6 +88,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reset-scale", type=float, default=2.0, help="temperature restart: the scale a fine-tune starts at")
     p.add_argument("--rehearsal-weights", default="0.1,0.3",
                    help="rehearsal: the start's data's share of a batch, one run per weight (comma-separated)")
+    p.add_argument("--rehearsal-equal-target", action="store_true",
+                   help="rehearsal runs take --steps / (1 - weight) steps, so the target gets as many samples as in "
+                   "full fine-tuning (at that much more compute)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
     p.add_argument("--alphas", default="0,0.2,0.4,0.6,0.8,1")
     p.add_argument("--work", default="", help="folder for the runs (default: a fresh one under /tmp)")
@@ -332,8 +335,13 @@ def method_overrides(a) -> dict[str, list[str]]:
             "lora": [f"finetune.image.lora.rank={a.lora_rank}", f"finetune.text.lora.rank={a.lora_rank}",
                      f"optim.lr={a.lora_lr}"],
             "lpft": [probe], "restart": [f"finetune.reset_logit_scale={a.reset_scale:g}"],
-            **{f"rehearsal_{w:g}": [mixture(a, w)] for w in weights},
+            **{f"rehearsal_{w:g}": [mixture(a, w), *rehearsal_steps(a, w)] for w in weights},
             "rehearsal_lpft": [mixture(a, weights[0]), probe]}
+
+
+def rehearsal_steps(a, w: float) -> list[str]:
+    """With --rehearsal-equal-target: the steps that give the target full fine-tuning's samples."""
+    return [f"train.max_steps={round(a.steps / (1 - w))}"] if getattr(a, "rehearsal_equal_target", False) else []
 
 
 def run_names(a, methods: list[str]) -> list[str]:

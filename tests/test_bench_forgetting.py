@@ -66,6 +66,10 @@ def test_rehearsal_mixes_the_start_sources_into_the_target_by_weight(tmp_path):
                                                                         "rehearsal_lpft"]
     assert [bf.label(a, n) for n in ("rehearsal_0.3", "rehearsal_lpft", "lpft")] == [
         "rehearsal 30%", "rehearsal 10% + LP-FT", "LP-FT"]
+    assert load_config(None, overrides["rehearsal_0.3"]).train.max_steps == 0  # the shared --steps
+    a.rehearsal_equal_target, a.steps = True, 600
+    equal = bf.method_overrides(a)  # as many target samples as full fine-tuning's 600 steps: 600 / 0.7
+    assert load_config(None, equal["rehearsal_0.3"]).train.max_steps == 857
     assert load_config(None, overrides["rehearsal_lpft"]).finetune.probe_steps == 150
     assert load_config(None, overrides["restart"]).finetune.reset_logit_scale == 2.0
 

@@ -98,7 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--plot", default="", help="the trade-off PNG (default: docs/images/forgetting_<start>.png)")
     p.add_argument("--json", default="", help="a JSON file of every method's kept and gain ('' = none)")
     p.add_argument("--reuse", action="store_true",
-                   help="read runs of --work that finished (the start's included) instead of training them again")
+                   help="read runs of --work that finished (the start and the WiSE-FT sweeps included) instead of running them again")
     return p.parse_args(argv)
 
 
@@ -163,7 +163,8 @@ def finetune(a, work: Path, start: Path, name: str, *overrides: str) -> dict:
 
     context = read_meta(start)["config"]["model"]["context_length"]
     timing = work / f"{name}.seconds"
-    if a.reuse and finished(work / name, a.steps) and timing.is_file():
+    steps = next((int(o.split("=", 1)[1]) for o in overrides if o.startswith("train.max_steps=")), a.steps)
+    if a.reuse and finished(work / name, steps) and timing.is_file():
         seconds = float(timing.read_text())
         print(f"{name}: reused the finished run in {work / name}", flush=True)
     else:
@@ -175,7 +176,7 @@ def finetune(a, work: Path, start: Path, name: str, *overrides: str) -> dict:
     out = {"start": scores(first, "val", "ref"), "model": scores(last, "val", "ref"), "seconds": seconds}
     if f"val_ema/{METRIC}" in last:
         out["ema"] = scores(last, "val_ema", "ref_ema")
-    print(f"{name}: {a.steps} steps in {seconds:.0f} s", flush=True)
+    print(f"{name}: {steps} steps in {seconds:.0f} s", flush=True)
     return out
 
 
@@ -202,9 +203,10 @@ def scores(row: dict, target: str, reference: str) -> dict:
 
 def wise_ft(a, work: Path, start: Path, finetuned: Path, name: str = "wise_ft") -> list[dict]:
     out = work / name
-    run(contrastive("wise-ft", "--start", str(start), "--finetuned", str(finetuned), "--alphas", a.alphas,
-                    "--eval-target", str(Path(a.data) / "test.csv"), "--eval-reference", a.reference,
-                    "--output", str(out)), work / f"{name}.log")
+    if not (a.reuse and (out / "wise_ft.json").is_file()):
+        run(contrastive("wise-ft", "--start", str(start), "--finetuned", str(finetuned), "--alphas", a.alphas,
+                        "--eval-target", str(Path(a.data) / "test.csv"), "--eval-reference", a.reference,
+                        "--output", str(out)), work / f"{name}.log")
     points = json.loads((out / "wise_ft.json").read_text())["points"]
     return [{"alpha": p["alpha"], "target": {m: p["target"][m] for m in KEYS},
              "reference": {m: p["reference"][m] for m in KEYS}} for p in points]
@@ -341,7 +343,7 @@ def method_overrides(a) -> dict[str, list[str]]:
 
 def rehearsal_steps(a, w: float) -> list[str]:
     """With --rehearsal-equal-target: the steps that give the target full fine-tuning's samples."""
-    return [f"train.max_steps={round(a.steps / (1 - w))}"] if getattr(a, "rehearsal_equal_target", False) else []
+    return [f"train.max_steps={round(a.steps / (1 - w))}"] if a.rehearsal_equal_target else []
 
 
 def run_names(a, methods: list[str]) -> list[str]:
@@ -352,10 +354,10 @@ def run_names(a, methods: list[str]) -> list[str]:
 
 def label(a, name: str) -> str:
     """A run's label in the table: the method's, with the rehearsal weight as a share of the batch."""
-    if name.startswith("rehearsal_") and name != "rehearsal_lpft":
-        return f"rehearsal {100 * float(name.removeprefix('rehearsal_')):g}%"
     if name == "rehearsal_lpft":
         return f"rehearsal {100 * rehearsal_weights(a)[0]:g}% + LP-FT"
+    if name.startswith("rehearsal_"):
+        return f"rehearsal {100 * float(name.removeprefix('rehearsal_')):g}%"
     return METHODS[name]
 
 

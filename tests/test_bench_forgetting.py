@@ -55,7 +55,8 @@ def test_rehearsal_mixes_the_start_sources_into_the_target_by_weight(tmp_path):
     from contrastive.config import load_config
 
     a = Namespace(data=str(tmp_path), rehearsal_weights="0.1,0.3", probe_steps=150, reset_scale=2.0, lora_rank=8,
-                  lora_lr=2e-3, rehearsal=[("a.csv", 2.0, "rehearsal_a"), ("b.csv", 1.0, "rehearsal_b")])
+                  lora_lr=2e-3, rehearsal=[("a.csv", 2.0, "rehearsal_a"), ("b.csv", 1.0, "rehearsal_b")],
+                  rehearsal_equal_target=False, steps=600)
     overrides = bf.method_overrides(a)
     sources = load_config(None, overrides["rehearsal_lpft"]).data.train_sources()
     assert [(s.name, round(s.weight, 6)) for s in sources] == [("target", 0.9), ("rehearsal_a", 0.066667),
@@ -67,7 +68,7 @@ def test_rehearsal_mixes_the_start_sources_into_the_target_by_weight(tmp_path):
     assert [bf.label(a, n) for n in ("rehearsal_0.3", "rehearsal_lpft", "lpft")] == [
         "rehearsal 30%", "rehearsal 10% + LP-FT", "LP-FT"]
     assert load_config(None, overrides["rehearsal_0.3"]).train.max_steps == 0  # the shared --steps
-    a.rehearsal_equal_target, a.steps = True, 600
+    a.rehearsal_equal_target = True
     equal = bf.method_overrides(a)  # as many target samples as full fine-tuning's 600 steps: 600 / 0.7
     assert load_config(None, equal["rehearsal_0.3"]).train.max_steps == 857
     assert load_config(None, overrides["rehearsal_lpft"]).finetune.probe_steps == 150

@@ -98,7 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--plot", default="", help="the trade-off PNG (default: docs/images/forgetting_<start>.png)")
     p.add_argument("--json", default="", help="a JSON file of every method's kept and gain ('' = none)")
     p.add_argument("--reuse", action="store_true",
-                   help="read runs of --work that finished (the start and the WiSE-FT sweeps included) instead of running them again")
+                   help="read runs of --work that finished (the start and the WiSE-FT sweeps included) instead of "
+                   "running them again")
     return p.parse_args(argv)
 
 

@@ -75,7 +75,8 @@ def count_all(count: Callable[[str], int], paths: list[str]) -> list[int]:
     processes = min(os.cpu_count() or 1, MAX_COUNTERS, len(paths) // PARALLEL_FROM)
     if processes < 2:
         return [count(p) for p in paths]
-    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"), initializer=_leave_ctrl_c) as pool:
+    fork = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(processes, mp_context=fork, initializer=_leave_ctrl_c) as pool:
         return list(pool.map(count, paths, chunksize=max(1, len(paths) // (4 * processes))))
 
 

@@ -14,11 +14,13 @@ tokenizer and context):
   locked    the image tower is locked (`finetune.image.lock=true`), the text tower and projections train
   LoRA      rank-`--lora-rank` adapters on both towers' attention projections (`finetune.*.lora.rank`)
   WiSE-FT   `contrastive wise-ft --alphas ...` between the start and the full fine-tune, and between the start
-            and the best other method's fine-tune (the one whose smaller of kept and gain is largest)
+            and the best other method's fine-tune (the one whose smaller of kept and gain is largest; an EMA row
+            interpolates toward that run's EMA weights, `--weights ema`)
   LP-FT     `finetune.probe_steps=--probe-steps`: the projections and the temperature alone first, then everything
   restart   `finetune.reset_logit_scale=--reset-scale`: the fine-tune starts at that temperature scale
   rehearsal the start's own training data mixed into every batch, once at each of `--rehearsal-weights` (`data.train`
-            as a list of sources); also with LP-FT at the first weight ("rehearsal + LP-FT")
+            as a list of sources); also with LP-FT at the first weight ("rehearsal + LP-FT"); each rehearsal run
+            keeps an EMA of its weights as full fine-tuning does, reported as "rehearsal N% EMA"
 `--methods` picks which run (full always runs: the gains are shares of its gain).
 
 Scores come from the runs themselves: the reference (the 400 held-out shapes, `eval.reference`) and the target (the
@@ -202,12 +204,12 @@ def scores(row: dict, target: str, reference: str) -> dict:
     return {"target": {m: row[f"{target}/{m}"] for m in KEYS}, "reference": {m: row[f"{reference}/{m}"] for m in KEYS}}
 
 
-def wise_ft(a, work: Path, start: Path, finetuned: Path, name: str = "wise_ft") -> list[dict]:
+def wise_ft(a, work: Path, start: Path, finetuned: Path, name: str = "wise_ft", weights: str = "model") -> list[dict]:
     out = work / name
     if not (a.reuse and (out / "wise_ft.json").is_file()):
         run(contrastive("wise-ft", "--start", str(start), "--finetuned", str(finetuned), "--alphas", a.alphas,
-                        "--eval-target", str(Path(a.data) / "test.csv"), "--eval-reference", a.reference,
-                        "--output", str(out)), work / f"{name}.log")
+                        "--weights", weights, "--eval-target", str(Path(a.data) / "test.csv"),
+                        "--eval-reference", a.reference, "--output", str(out)), work / f"{name}.log")
     points = json.loads((out / "wise_ft.json").read_text())["points"]
     return [{"alpha": p["alpha"], "target": {m: p["target"][m] for m in KEYS},
              "reference": {m: p["reference"][m] for m in KEYS}} for p in points]
@@ -338,8 +340,13 @@ def method_overrides(a) -> dict[str, list[str]]:
             "lora": [f"finetune.image.lora.rank={a.lora_rank}", f"finetune.text.lora.rank={a.lora_rank}",
                      f"optim.lr={a.lora_lr}"],
             "lpft": [probe], "restart": [f"finetune.reset_logit_scale={a.reset_scale:g}"],
-            **{f"rehearsal_{w:g}": [mixture(a, w), *rehearsal_steps(a, w)] for w in weights},
+            **{f"rehearsal_{w:g}": [mixture(a, w), *rehearsal_steps(a, w), *ema_overrides(a)] for w in weights},
             "rehearsal_lpft": [mixture(a, weights[0]), probe]}
+
+
+def ema_overrides(a) -> list[str]:
+    """A run that also keeps an EMA of its weights from the start's (no warm-up), scored beside them."""
+    return [f"train.ema_decay={a.ema_decay}", "train.ema_warmup=false"]
 
 
 def rehearsal_steps(a, w: float) -> list[str]:
@@ -360,6 +367,17 @@ def label(a, name: str) -> str:
     if name.startswith("rehearsal_"):
         return f"rehearsal {100 * float(name.removeprefix('rehearsal_')):g}%"
     return METHODS[name]
+
+
+def method_rows(full: dict, runs: dict[str, dict]) -> tuple[dict[str, dict], dict[str, tuple[str, str]]]:
+    """The table's rows (label -> scores): full fine-tuning, its EMA, each other run and its EMA where it kept one;
+    and for each other method's row, the run and weights ("model" or "ema") that WiSE-FT would interpolate toward."""
+    rows, owner = {"full": full["model"], "EMA": full["ema"]}, {}
+    for name, r in runs.items():
+        rows[name], owner[name] = r["model"], (r["run"], "model")
+        if "ema" in r:
+            rows[f"{name} EMA"], owner[f"{name} EMA"] = r["ema"], (r["run"], "ema")
+    return rows, owner
 
 
 def best_other(judged: dict[str, dict], names: list[str]) -> str:
@@ -383,17 +401,19 @@ def main(argv=None) -> None:
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="bench_forgetting_"))
     work.mkdir(parents=True, exist_ok=True)
     start = start_checkpoint(a, work)
-    full = finetune(a, work, start, "full", f"train.ema_decay={a.ema_decay}", "train.ema_warmup=false")
+    full = finetune(a, work, start, "full", *ema_overrides(a))
     curves = {"full": wise_ft(a, work, start, work / "full")}
     print(json.dumps({"full": full, "wise_ft": curves["full"]}), flush=True)  # the figures so far, in case of a stop
     overrides, runs = method_overrides(a), {}
     for name in run_names(a, methods):
         runs[label(a, name)] = finetune(a, work, start, name, *overrides[name]) | {"run": name}
     begin = full["start"]
-    rows = {"full": full["model"], "EMA": full["ema"], **{n: r["model"] for n, r in runs.items()}}
-    if runs:  # WiSE-FT of the best other method too
-        best = best_other(judge(rows, begin), list(runs))
-        curves[best] = wise_ft(a, work, start, work / runs[best]["run"], f"wise_ft_{runs[best]['run']}")
+    rows, owner = method_rows(full, runs)
+    if owner:  # WiSE-FT of the best other method too
+        best = best_other(judge(rows, begin), list(owner))
+        run_name, weights = owner[best]
+        curves[best] = wise_ft(a, work, start, work / run_name,
+                               f"wise_ft_{run_name}" + ("_ema" if weights == "ema" else ""), weights)
     for name, curve in curves.items():
         rows |= {f"WiSE-FT {'' if name == 'full' else name + ' '}α={p['alpha']:g}": p for p in interior(curve)}
     judged = judge(rows, begin)

@@ -28,6 +28,18 @@ def test_best_other_method_is_the_one_with_the_largest_smaller_figure():
     assert bf.best_other(judged, ["keeps", "even"]) == "even"  # min(0.8, 0.8) beats min(1.0, 0.2)
 
 
+def test_an_ema_row_of_another_method_is_a_wise_ft_candidate_with_its_ema_weights():
+    start = scores(0.20, 0.01)
+    full = {"model": scores(0.05, 0.11), "ema": scores(0.06, 0.11)}
+    runs = {"locked image": {"model": scores(0.10, 0.09), "run": "locked"},
+            "rehearsal 30%": {"model": scores(0.16, 0.08), "ema": scores(0.19, 0.10), "run": "rehearsal_0.3"}}
+    rows, owner = bf.method_rows(full, runs)
+    assert list(rows) == ["full", "EMA", "locked image", "rehearsal 30%", "rehearsal 30% EMA"]
+    best = bf.best_other(bf.judge(rows, start), list(owner))
+    assert best == "rehearsal 30% EMA" and owner[best] == ("rehearsal_0.3", "ema")
+    assert owner["rehearsal 30%"] == ("rehearsal_0.3", "model") and "EMA" not in owner
+
+
 def test_json_holds_kept_and_gain_of_every_method(tmp_path):
     import json
     from argparse import Namespace
@@ -56,7 +68,7 @@ def test_rehearsal_mixes_the_start_sources_into_the_target_by_weight(tmp_path):
 
     a = Namespace(data=str(tmp_path), rehearsal_weights="0.1,0.3", probe_steps=150, reset_scale=2.0, lora_rank=8,
                   lora_lr=2e-3, rehearsal=[("a.csv", 2.0, "rehearsal_a"), ("b.csv", 1.0, "rehearsal_b")],
-                  rehearsal_equal_target=False, steps=600)
+                  rehearsal_equal_target=False, steps=600, ema_decay=0.995)
     overrides = bf.method_overrides(a)
     sources = load_config(None, overrides["rehearsal_lpft"]).data.train_sources()
     assert [(s.name, round(s.weight, 6)) for s in sources] == [("target", 0.9), ("rehearsal_a", 0.066667),
@@ -68,6 +80,9 @@ def test_rehearsal_mixes_the_start_sources_into_the_target_by_weight(tmp_path):
     assert [bf.label(a, n) for n in ("rehearsal_0.3", "rehearsal_lpft", "lpft")] == [
         "rehearsal 30%", "rehearsal 10% + LP-FT", "LP-FT"]
     assert load_config(None, overrides["rehearsal_0.3"]).train.max_steps == 0  # the shared --steps
+    ema = load_config(None, overrides["rehearsal_0.3"]).train  # rehearsal keeps an EMA from the start's weights
+    assert ema.ema_decay == 0.995 and not ema.ema_warmup
+    assert load_config(None, overrides["locked"]).train.ema_decay == 0.0
     a.rehearsal_equal_target = True
     equal = bf.method_overrides(a)  # as many target samples as full fine-tuning's 600 steps: 600 / 0.7
     assert load_config(None, equal["rehearsal_0.3"]).train.max_steps == 857

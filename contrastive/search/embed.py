@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.bad import BadRecord, BadSample, BadSampleTracker
 from ..data.images import PIL_MAX_PIXELS, ImageTransform, decode_image
-from ..data.loader import ignore_stop_signals
+from ..data.loader import init_worker
 from ..errors import CheckpointError, DataError
 from . import store
 from .collection import Collection, describe, fingerprint, open_collection
@@ -305,7 +305,7 @@ def embed_collection(data: str, output: str | Path, encoder: Encoder, *, image_k
         plan = plan[:max_batches]
     loader = DataLoader(ImageRows(collection, encoder.preprocess, max_pixels), batch_sampler=plan, collate_fn=collate,
                         num_workers=workers if plan else 0, prefetch_factor=4 if workers and plan else None,
-                        worker_init_fn=ignore_stop_signals)  # a signal to the group: the main process stops
+                        worker_init_fn=init_worker)  # a signal to the group: the main process stops
     bar = tqdm(total=len(collection), initial=manifest["next_row"], unit="img", desc="embed", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
     buf = ShardBuffer(manifest["next_row"])

@@ -3,6 +3,7 @@ set, fine-tune it on the icons benchmark, and score what each remedy keeps of sh
 
     python -m scripts.bench_forgetting ../bench-data/icons                 # everything (the start included)
     python -m scripts.bench_forgetting ../bench-data/icons --start runs/start     # reuse a trained start
+    python -m scripts.bench_forgetting ../bench-data/icons --start broad --steps 1800   # the broad start
 
 The icons data is built by `python ../shared/bench/icons/prepare.py ../bench-data/icons`. The start is trained with
 `configs/shapes_tiny.yaml` as it stands (300 steps; `--start-steps` shortens it) or given with `--start`. Each
@@ -78,7 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "held-out splits together are the reference and whose sources are the rehearsal data")
     p.add_argument("--start-steps", type=int, default=0, help="steps of the start's training (0: the recipe's own)")
     p.add_argument("--steps", type=int, default=600, help="steps of each fine-tuning run (about 10 epochs at batch 32; "
-                   "full fine-tuning sits at chance loss for the first ~200)")
+                   "from the shapes start full fine-tuning sits at chance loss for the first ~200; from the broad "
+                   "start it gains until ~1500, so compare there at 1800)")
     p.add_argument("--batch-size", type=int, default=32, help="small: many updates for the CPU time")
     p.add_argument("--lr", type=float, default=2e-4, help="learning rate of full fine-tuning and the locked tower "
                    "(full fine-tuning's best target of 5e-5, 1e-4, 2e-4 and 5e-4, docs/benchmarks.md)")

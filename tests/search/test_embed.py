@@ -237,3 +237,39 @@ def test_embed_names_only_its_own_options(tiny_run, small_table, tmp_path, capsy
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"image": ["x.jpg"]})}).save_to_disk(str(hf))
     assert "set --split" in error("--data", hf, "--split", "validation")
     assert "must be between 0 and 1" in error("--data", small_table, "--max-bad-fraction", "2")
+
+
+def test_sigterm_to_the_group_stops_after_a_whole_shard_and_leaves_no_worker(tiny_run, small_table, tmp_path):
+    """A scheduler's SIGTERM to the whole process group: the workers ignore it, the main process writes the shard it
+    was filling, shuts its workers down and exits 143; before, it died at once and its workers hung for ever."""
+    import os
+    import signal
+    import time
+
+    lines = small_table.read_text().splitlines()
+    big = small_table.parent / "big.csv"  # the 48 images over and over: long enough to be stopped midway
+    big.write_text("\n".join([lines[0], *(lines[1:] * 400)]) + "\n")
+    emb = tmp_path / "emb"
+    proc = subprocess.Popen([PYTHON, "-m", "contrastive", "embed", "--no-progress", "--checkpoint", str(tiny_run),
+                             "--data", str(big), "--output", str(emb), "--batch-size", "8", "--shard-size", "64",
+                             "--workers", "2", "--device", "cpu"], cwd=ROOT, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not ((emb / "manifest.json").is_file() and read_manifest(emb)["shards"]):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "contrastive embed: SIGTERM: stopped after the last whole batch; rerun" in err and "Traceback" not in err
+    for _ in range(100):  # the group is empty once every worker has gone
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("a DataLoader worker outlived the stopped embed")
+    stopped = read_manifest(emb)
+    assert 0 < stopped["next_row"] < 48 * 400 and not stopped["complete"]
+    assert stopped["counts"]["embedded"] == stopped["next_row"]  # every row up to the stop, none twice

@@ -338,8 +338,9 @@ def embed_collection(data: str, output: str | Path, encoder: Encoder, *, image_k
 
     `root` is the folder no image may lead out of (default: the table's, image or dataset folder; see
     `collection`); rows leading out are skipped and counted as bad. `max_batches` stops after that many batches as
-    an interrupted run would (the shard being filled is written); rerunning continues. Ctrl-C and SIGTERM do the same. More
-    than `max_bad_fraction` of bad images (after 1000 loads) stops with a DataError; the shards written stay.
+    an interrupted run would (the shard being filled is written); rerunning continues. Ctrl-C and SIGTERM do the
+    same (`stop_between_batches`). More than `max_bad_fraction` of bad images (after 1000 loads) stops with a
+    DataError; the shards written stay.
     """
     if dtype not in store.DTYPES:
         raise DataError(f"--dtype {dtype}: use one of {', '.join(store.DTYPES)}")

@@ -82,6 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "from the shapes start full fine-tuning sits at chance loss for the first ~200; from the broad "
                    "start it gains until ~1500, so compare there at 1800)")
     p.add_argument("--batch-size", type=int, default=32, help="small: many updates for the CPU time")
+    p.add_argument("--seed", type=int, default=0, help="every fine-tuning run's `train.seed` (the start is given or "
+                   "trained with its own)")
     p.add_argument("--lr", type=float, default=2e-4, help="learning rate of full fine-tuning and the locked tower "
                    "(full fine-tuning's best target of 5e-5, 1e-4, 2e-4 and 5e-4, docs/benchmarks.md)")
     p.add_argument("--ema-decay", type=float, default=0.995, help="per step, without warm-up: after 300 steps the "
@@ -196,6 +198,7 @@ def train_run(a, work: Path, start: Path, name: str, context: int, overrides: tu
                               f"model.tokenizer=bpe:{start / 'tokenizer.json'}", f"model.context_length={context}",
                               f"data.train={Path(a.data) / 'train.csv'}", f"data.val={Path(a.data) / 'test.csv'}",
                               f"train.max_steps={a.steps}", f"train.batch_size={a.batch_size}", f"optim.lr={a.lr}",
+                              f"train.seed={a.seed}",
                               f"train.output_dir={work}", f"train.run_name={name}",
                               "train.overwrite=true", "train.progress_bar=false", "eval.every_n_steps=0",
                               f"eval.reference=[{a.reference}]", *overrides),
@@ -293,7 +296,7 @@ def markdown(a, judged: dict[str, dict], start: dict, seconds: dict[str, float],
     argv = " ".join(shlex.quote(x) for x in sys.argv[1:])
     lines = [f"### {pairing(a)[0]} → {Path(a.data).name} ({when})", "",
              f"`python -m scripts.bench_forgetting {argv}` on {machine_description(torch.device('cpu'))}; "
-             f"{a.steps} fine-tuning steps at batch {a.batch_size} per run; percent. kept: reference t→i R@1 over "
+             f"{a.steps} fine-tuning steps at batch {a.batch_size} per run, seed {a.seed}; percent. kept: reference t→i R@1 over "
              "the start's; gain: target t→i R@10 gained over the start's, as a share of full fine-tuning's.", "",
              "| method | reference t→i R@1 | i→t R@1 | kept | target t→i R@1 | t→i R@10 | gain (of full's) | both ≥ 90% |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]

@@ -198,8 +198,9 @@ class OptimConfig:
         self.validate()
 
     def validate(self) -> None:
-        if self.lr < 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
-            raise ConfigError("optim.lr, optim.weight_decay, optim.grad_clip and optim.warmup_steps must be >= 0")
+        if self.lr < 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0 or self.eps < 0:
+            raise ConfigError("optim.lr, optim.weight_decay, optim.grad_clip, optim.warmup_steps and optim.eps must be "
+                              ">= 0")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):

@@ -137,6 +137,7 @@ def test_cli_unknown_key_exit_code_2():
     (lambda: EvalConfig(tasks=["retrieval", "captioning"]), "eval.tasks[1]"),
     (lambda: EvalConfig(reference=[ReferenceConfig(data="r.csv", task="zero-shot")]), "eval.reference[0].task"),
     (lambda: OptimConfig(betas=[0.9]), "optim.betas"),
+    (lambda: OptimConfig(eps=-1.0), "optim.lr, optim.weight_decay, optim.grad_clip, optim.warmup_steps and optim.eps"),
     (lambda: ModelConfig(context_length=1), "model.context_length"),
     (lambda: FinetuneConfig(image=TowerTrainConfig(lora=LoraConfig(rank=-1))), "finetune.image.lora"),
 ])

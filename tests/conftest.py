@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings as _hypothesis_settings
 from tests.helpers.towers import towers
+
+# CI runs the property tests on a fixed seed (HYPOTHESIS_PROFILE=ci in .ci/run): the same examples every time, so a
+# landing never hangs on a newly drawn one; here they draw anew and find new cases.
+_hypothesis_settings.register_profile("ci", derandomize=True)
+_hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -107,3 +107,25 @@ def test_the_tuned_peer_path_trains_openclip_and_compares(tmp_path):
     text = md.read_text()
     assert "| OpenCLIP | 0.0005 / 2 | 0 | 2 |" in text and "Ratios to the tuned peer's mean" in text
     assert "(b) the toolkit" in text
+
+
+def test_recipe_variants_are_scored_on_validation_only(tmp_path):
+    """scripts/bench_recipes.py: two variants trained for real on one benchmark, the test split never scored."""
+    from scripts import bench_recipes
+
+    data = colour_benchmark(tmp_path / "bench")
+    md, out = tmp_path / "recipes.md", tmp_path / "recipes.json"
+    bench_recipes.main([str(data), "--set", "model.image_size=16", "model.image_encoder_args={layers: 1}",
+                        "model.text_encoder_args={layers: 1}", "train.batch_size=4", "data.num_workers=0",
+                        "data.persistent_workers=false", "train.epochs=2",
+                        "--variant", "base:", "--variant", "longer:train.epochs=4 'model.patch_dropout=0.5'",
+                        "--val-fraction", "0.2", "--work", str(tmp_path / "work"), "--json", str(out), "--output", str(md)])
+    rows = json.loads(out.read_text())
+    assert list(rows) == ["base", "longer"]
+    (base,), (longer,) = rows["base"]["bench"], rows["longer"]["bench"]
+    assert (base["epochs"], longer["epochs"]) == (2, 4) and "test" not in base and "val" in longer
+    assert "model.patch_dropout=0.5" in longer["command"] and 0 <= longer["val"]["t2i_R@1"] <= 100
+    text = md.read_text()
+    assert "| base: `(the config)` |" in text and "| longer: `train.epochs=4 model.patch_dropout=0.5` |" in text
+    first = text.split("| base:")[1].splitlines()[0]
+    assert ("(1.00×)" if base["val"]["t2i_R@1"] else "(–)") in first  # the first row is the denominator

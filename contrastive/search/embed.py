@@ -17,15 +17,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -34,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.bad import BadRecord, BadSample, BadSampleTracker
 from ..data.images import PIL_MAX_PIXELS, ImageTransform, decode_image
 from ..data.loader import init_worker
+from ..data.stopping import StopRequest
 from ..errors import CheckpointError, DataError
 from . import store
 from .collection import Collection, describe, fingerprint, open_collection
@@ -289,46 +287,6 @@ class Stopped(KeyboardInterrupt):
         self.exit_code = 128 + signum
 
 
-@contextmanager
-def stop_between_batches() -> Iterator[Callable[[], None]]:
-    """While embedding, SIGINT and SIGTERM (a scheduler's or `timeout`'s, often sent to the whole process group) ask
-    for a stop: `check()`, called after each batch, then raises `Stopped`, so the shard being filled is written
-    whole and the loader's workers are shut down; a second signal exits at once (the shards written are kept).
-    Without this, SIGTERM killed the process at once and its workers, which ignore the signal (`init_worker`),
-    waited for ever at their exit on a queue nobody reads; and Ctrl-C could land between a batch's rows and its
-    vectors, writing a shard that claimed rows it had not embedded."""
-    got: list[int] = []
-
-    def check() -> None:
-        if got:
-            raise Stopped(got[0])
-
-    if threading.current_thread() is not threading.main_thread():
-        yield check
-        return
-    owner = os.getpid()
-
-    def handle(signum: int, frame: Any) -> None:
-        if os.getpid() != owner:  # a worker forked before its init ran: the main process decides
-            return
-        name = signal.Signals(signum).name
-        if got:
-            sys.stderr.write(f"\n{name} again: exiting now (the shards written are kept)\n")
-            sys.stderr.flush()
-            os._exit(128 + signum)
-        got.append(signum)
-        sys.stderr.write(f"\n{name}: finishing the current batch and writing its shard (send it again to exit at "
-                         "once)\n")
-        sys.stderr.flush()
-
-    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield check
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 def embed_collection(data: str, output: str | Path, encoder: Encoder, *, image_key: str = "image",
                      caption_key: str = "caption", split: str = "train", root: str | Path | None = None,
                      batch_size: int = 64, workers: int = 2, dtype: str = "float16", shard_size: int = 8192,
@@ -339,7 +297,7 @@ def embed_collection(data: str, output: str | Path, encoder: Encoder, *, image_k
     `root` is the folder no image may lead out of (default: the table's, image or dataset folder; see
     `collection`); rows leading out are skipped and counted as bad. `max_batches` stops after that many batches as
     an interrupted run would (the shard being filled is written); rerunning continues. Ctrl-C and SIGTERM do the
-    same (`stop_between_batches`). More than `max_bad_fraction` of bad images (after 1000 loads) stops with a
+    same (`data.stopping.StopRequest`). More than `max_bad_fraction` of bad images (after 1000 loads) stops with a
     DataError; the shards written stay.
     """
     if dtype not in store.DTYPES:
@@ -364,7 +322,11 @@ def embed_collection(data: str, output: str | Path, encoder: Encoder, *, image_k
                disable=not progress, dynamic_ncols=True)
     buf = ShardBuffer(manifest["next_row"])
     speed = {"images": 0, "waiting_s": 0.0, "forward_s": 0.0, "start": time.perf_counter()}
-    with stop_between_batches() as check_stop:
+    # SIGINT/SIGTERM (a scheduler's or `timeout`'s, often to the whole process group) stop after a whole batch, so
+    # the shard being filled is written whole and the workers shut down; without it SIGTERM killed the process at
+    # once, its workers (which ignore the signal) waited for ever on a queue nobody read, and Ctrl-C could land
+    # between a batch's rows and its vectors.
+    with StopRequest("finishing the current batch and writing its shard", "the shards written are kept") as stop:
         batches = iter(loader)
         try:
             clock = time.perf_counter()
@@ -381,7 +343,8 @@ def embed_collection(data: str, output: str | Path, encoder: Encoder, *, image_k
                 if buf.end % manifest["shard_size"] == 0 or buf.end == len(collection):
                     flush(emb, manifest, buf, tracker, collection)
                     buf = ShardBuffer(buf.end)
-                check_stop()
+                if stop.requested:
+                    raise Stopped(stop.signum)
                 clock = time.perf_counter()
         finally:  # a stop (max_batches, a signal, too many bad images) keeps what was embedded
             del batches  # the loader's workers are shut down now, not whenever the exception's frames are freed

@@ -333,7 +333,9 @@ def markdown(a, data: Path, results: dict[str, list[dict]], search: dict[str, li
 def comparison(t: dict, p: dict, toolkit_runs: list[dict], peer_runs: list[dict]) -> list[str]:
     """Ratios to the tuned peer (its mean over seeds: the one denominator) and the time-to-accuracy figures."""
     ratio = lambda s, k: t[s][k] / p[s][k] if p[s][k] else float("inf")
-    out = [f"Ratios to the tuned peer's mean (equal epochs, test split): t→i R@1 {ratio('test', 't2i_R@1'):.2f}×, "
+    te, pe = toolkit_runs[0]["epochs"], peer_runs[0]["epochs"]
+    epochs = "equal epochs" if te == pe else f"{te} epochs against the peer's {pe}"
+    out = [f"Ratios to the tuned peer's mean ({epochs}, test split): t→i R@1 {ratio('test', 't2i_R@1'):.2f}×, "
            f"t→i R@10 {ratio('test', 't2i_R@10'):.2f}×, i→t R@10 {ratio('test', 'i2t_R@10'):.2f}×; "
            f"train t→i R@1 {ratio('train', 't2i_R@1'):.2f}×; wall time {t['train_s'] / p['train_s']:.2f}×."]
     peer_s, peer_r1 = p["train_s"], p["test"]["t2i_R@1"]

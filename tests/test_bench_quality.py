@@ -129,3 +129,26 @@ def test_recipe_variants_are_scored_on_validation_only(tmp_path):
     assert "| base: `(the config)` |" in text and "| longer: `train.epochs=4 model.patch_dropout=0.5` |" in text
     first = text.split("| base:")[1].splitlines()[0]
     assert ("(1.00×)" if base["val"]["t2i_R@1"] else "(–)") in first  # the first row is the denominator
+
+
+def test_quality_summary_divides_every_row_by_the_peer_mean(tmp_path):
+    """scripts/quality_summary.py against hand-made results: ratios, R@1 at the peer's time, time to its R@1."""
+    from scripts import quality_summary
+
+    def run(label, seed, epochs, secs, finals):  # finals: test t2i R@1 at each curve point
+        metrics = lambda r1: {m: r1 for m in bq.METRICS}
+        curve = [{"epoch": i + 1, "seconds": s, "test": metrics(v)} for i, (s, v) in enumerate(zip(secs, finals))]
+        return {"contender": label, "seed": seed, "epochs": epochs, "train_s": secs[-1],
+                "setting": {"lr": 1e-3, "warmup": 100}, "train": metrics(50.0), "test": metrics(finals[-1]),
+                "curve": curve}
+
+    peer = [run("OpenCLIP", 0, 20, [200, 400], [6.0, 10.0]), run("OpenCLIP", 1, 20, [200, 400], [8.0, 12.0])]
+    first = {"runs": {"default": [run("default", 0, 20, [100, 200], [11.0, 13.2])], "OpenCLIP": peer}, "search": {}}
+    best = {"runs": {"best": [run("best", 0, 40, [200, 400], [11.0, 22.0])], "OpenCLIP": peer}, "search": {}}
+    (tmp_path / "a.json").write_text(json.dumps(first))
+    (tmp_path / "b.json").write_text(json.dumps(best))
+    text = quality_summary.summary([("icons", tmp_path / "a.json"), ("icons", tmp_path / "b.json")])
+    peer_row, default_row, best_row = text.splitlines()[2:5]
+    assert "| icons | OpenCLIP, tuned (0.001 / 100) | 20 | 0, 1 | 400 | 11.00 |" in peer_row
+    assert "**13.20** (1.20×)" in default_row and "| 13.20 (1.20×) | 0.25 |" in default_row  # the peer's 11% at 100 s of 400
+    assert "**22.00** (2.00×)" in best_row and "| 22.00 (2.00×) | 0.50 |" in best_row  # 11% reached at 200 s

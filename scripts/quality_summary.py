@@ -32,24 +32,26 @@ def rows_of(bench: str, results: list[dict]) -> list[str]:
            f"{peer_runs[0]['epochs']} | {', '.join(str(r['seed']) for r in peer_runs)} | {peer_s:.0f} | "
            f"{peer_r1:.2f} | {p['test']['t2i_R@10']:.2f} | {p['test']['i2t_R@10']:.2f} | {peer_r1:.2f} | 1.00 |"]
     ratio = lambda x, y: f"{x / y:.2f}×" if y else "–"
+    contenders: dict[str, list[dict]] = {}  # a recipe's seeds may come from several files (one run per seed)
     for res in results:
         for label, runs in res["runs"].items():
-            if label == PEER:
-                continue
-            m = mean_over_seeds(runs)
-            same = [at_seconds(r["curve"], peer_s) for r in runs]
-            at = statistics.mean(s["test"]["t2i_R@1"] for s in same) if all(same) else None
-            reach = [seconds_to_reach(r["curve"], peer_r1) for r in runs]
-            share = statistics.median(reach) / peer_s if all(s is not None for s in reach) else None
-            t, s = m["test"], runs[0]["setting"]
-            out.append(
-                f"| {bench} | {label} ({s['lr']:g} / {s['warmup']}) | {runs[0]['epochs']} | "
-                f"{', '.join(str(r['seed']) for r in runs)} | {m['train_s']:.0f} | "
-                f"**{t['t2i_R@1']:.2f}** ({ratio(t['t2i_R@1'], peer_r1)}) | {t['t2i_R@10']:.2f} "
-                f"({ratio(t['t2i_R@10'], p['test']['t2i_R@10'])}) | {t['i2t_R@10']:.2f} "
-                f"({ratio(t['i2t_R@10'], p['test']['i2t_R@10'])}) | "
-                + (f"{at:.2f} ({ratio(at, peer_r1)})" if at is not None else "–") + " | "
-                + (f"{share:.2f}" if share is not None else "not reached") + " |")
+            if label != PEER:
+                contenders.setdefault(label, []).extend(runs)
+    for label, runs in contenders.items():
+        m = mean_over_seeds(runs)
+        same = [at_seconds(r["curve"], peer_s) for r in runs]
+        at = statistics.mean(s["test"]["t2i_R@1"] for s in same) if all(same) else None
+        reach = [seconds_to_reach(r["curve"], peer_r1) for r in runs]
+        share = statistics.median(reach) / peer_s if all(s is not None for s in reach) else None
+        t, s = m["test"], runs[0]["setting"]
+        out.append(
+            f"| {bench} | {label} ({s['lr']:g} / {s['warmup']}) | {runs[0]['epochs']} | "
+            f"{', '.join(str(r['seed']) for r in runs)} | {m['train_s']:.0f} | "
+            f"**{t['t2i_R@1']:.2f}** ({ratio(t['t2i_R@1'], peer_r1)}) | {t['t2i_R@10']:.2f} "
+            f"({ratio(t['t2i_R@10'], p['test']['t2i_R@10'])}) | {t['i2t_R@10']:.2f} "
+            f"({ratio(t['i2t_R@10'], p['test']['i2t_R@10'])}) | "
+            + (f"{at:.2f} ({ratio(at, peer_r1)})" if at is not None else "–") + " | "
+            + (f"{share:.2f}" if share is not None else "not reached") + " |")
     return out
 
 

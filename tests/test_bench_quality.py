@@ -146,9 +146,13 @@ def test_quality_summary_divides_every_row_by_the_peer_mean(tmp_path):
     first = {"runs": {"default": [run("default", 0, 20, [100, 200], [11.0, 13.2])], "OpenCLIP": peer}, "search": {}}
     best = {"runs": {"best": [run("best", 0, 40, [200, 400], [11.0, 22.0])], "OpenCLIP": peer}, "search": {}}
     (tmp_path / "a.json").write_text(json.dumps(first))
+    best_seed1 = {"runs": {"best": [run("best", 1, 40, [200, 400], [9.0, 18.0])], "OpenCLIP": peer}, "search": {}}
     (tmp_path / "b.json").write_text(json.dumps(best))
-    text = quality_summary.summary([("icons", tmp_path / "a.json"), ("icons", tmp_path / "b.json")])
+    (tmp_path / "c.json").write_text(json.dumps(best_seed1))  # another seed of the same recipe, run on its own
+    text = quality_summary.summary([("icons", tmp_path / f"{n}.json") for n in "abc"])
     peer_row, default_row, best_row = text.splitlines()[2:5]
     assert "| icons | OpenCLIP, tuned (0.001 / 100) | 20 | 0, 1 | 400 | 11.00 |" in peer_row
     assert "**13.20** (1.20×)" in default_row and "| 13.20 (1.20×) | 0.25 |" in default_row  # the peer's 11% at 100 s of 400
-    assert "**22.00** (2.00×)" in best_row and "| 22.00 (2.00×) | 0.50 |" in best_row  # 11% reached at 200 s
+    assert "| 40 | 0, 1 |" in best_row and "**20.00** (1.82×)" in best_row  # one row: the two seeds' mean
+    assert "| 20.00 (1.82×) |" in best_row and "| 0.56 |" in best_row  # 11%: at 200 s and 244 s, median 222 of 400
+    assert len(text.splitlines()) == 5

@@ -7,8 +7,9 @@ written atomically, so the worst case is losing the steps since the last one.
 Slurm, `timeout(1)` and Ctrl-C signal the whole process group (the handler: `data.stopping.StopRequest`).
 DataLoader workers ignore SIGINT/SIGTERM (their `worker_init_fn`, `data.loader.init_worker`; torch's own worker
 handler would otherwise die of SIGTERM and end the run with "DataLoader worker ... is killed by signal") and leave the
-decision to the main process; they exit by themselves when it is gone. Catching the worker's death in the loop instead would not do: torch reports it from
-a SIGCHLD handler, anywhere in the main thread, mid-optimizer-step included.
+decision to the main process; they exit by themselves when it is gone. Catching the worker's death in the loop
+instead would not do: torch reports it from a SIGCHLD handler, anywhere in the main thread, mid-optimizer-step
+included.
 """
 
 from __future__ import annotations

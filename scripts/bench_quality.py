@@ -102,12 +102,22 @@ def split_train(paths: list[str], captions: list[str], fraction: float) -> dict[
     return out
 
 
-def write_table(path: Path, split: tuple[list[str], list[str]]) -> Path:
-    """A CSV (image, caption) of a split, absolute image paths."""
+def read_columns(data: Path, split: str) -> dict[str, dict[str, str]]:
+    """Every column of DIR/<split>.csv beyond image and caption (a benchmark's extra captions, such as `keywords`),
+    by absolute image path: a recipe may train on them (`data.caption_key=caption,keywords`); scoring never does."""
+    with open(data / f"{split}.csv", newline="", encoding="utf-8") as f:
+        return {str(data / r["image"]): {k: v for k, v in r.items() if k not in ("image", "caption")}
+                for r in csv.DictReader(f)}
+
+
+def write_table(path: Path, split: tuple[list[str], list[str]], columns: dict[str, dict[str, str]] | None = None) -> Path:
+    """A CSV (image, caption, then `columns`' extra columns of each image) of a split, absolute image paths."""
+    columns = columns or {}
+    extra = list(next(iter(columns.values()), {}))
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["image", "caption"])
-        w.writerows(zip(*split))
+        w.writerow(["image", "caption", *extra])
+        w.writerows([image, caption, *(columns[image][k] for k in extra)] for image, caption in zip(*split))
     return path
 
 
@@ -411,7 +421,7 @@ def main(argv=None) -> None:
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix=f"bench_quality_{data.name}_"))
     work.mkdir(parents=True, exist_ok=True)
     splits = {**split_train(*read_split(data, "train"), a.val_fraction), "test": read_split(data, "test")}
-    table = write_table(work / "train_fit.csv", splits["train"])
+    table = write_table(work / "train_fit.csv", splits["train"], read_columns(data, "train"))
     label = a.name or Path(a.config).stem
     peer_label = None if a.no_peer else "OpenCLIP"
     results, search = run_contenders(a, work, table, splits, label, peer_label)

@@ -37,7 +37,7 @@ def run(data: Path, config: str, overrides: list[str], seed: int, work: Path, na
                        "--val-fraction", str(val_fraction), "--curve-every", "1000"])
     splits = bq.split_train(*bq.read_split(data, "train"), val_fraction)
     work.mkdir(parents=True, exist_ok=True)
-    table = bq.write_table(work / "train_fit.csv", splits["train"])
+    table = bq.write_table(work / "train_fit.csv", splits["train"], bq.read_columns(data, "train"))
     r = bq.toolkit(a, table, work, seed, {"train": splits["train"], "val": splits["val"]})
     return {k: r[k] for k in ("contender", "seed", "epochs", "train_s", "setting", "command", "train", "val")}
 

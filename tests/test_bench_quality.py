@@ -114,19 +114,29 @@ def test_recipe_variants_are_scored_on_validation_only(tmp_path):
     from scripts import bench_recipes
 
     data = colour_benchmark(tmp_path / "bench")
+    lines = (data / "train.csv").read_text().splitlines()  # a second caption per row, as icon_keywords adds
+    (data / "train.csv").write_text("\n".join([lines[0] + ",keywords"] + [f'{r},"{r.split(",")[1].split()[0]}, colour"'
+                                                                        for r in lines[1:]]) + "\n")
     md, out = tmp_path / "recipes.md", tmp_path / "recipes.json"
     bench_recipes.main([str(data), "--set", "model.image_size=16", "model.image_encoder_args={layers: 1}",
                         "model.text_encoder_args={layers: 1}", "train.batch_size=4", "data.num_workers=0",
                         "data.persistent_workers=false", "train.epochs=2",
-                        "--variant", "base:", "--variant", "longer:train.epochs=4 'model.patch_dropout=0.5'",
+                        "--variant", "base:", "--variant",
+                        "longer:train.epochs=4 'model.patch_dropout=0.5' data.caption_key=caption,keywords",
                         "--val-fraction", "0.2", "--work", str(tmp_path / "work"), "--json", str(out), "--output", str(md)])
     rows = json.loads(out.read_text())
     assert list(rows) == ["base", "longer"]
     (base,), (longer,) = rows["base"]["bench"], rows["longer"]["bench"]
     assert (base["epochs"], longer["epochs"]) == (2, 4) and "test" not in base and "val" in longer
     assert "model.patch_dropout=0.5" in longer["command"] and 0 <= longer["val"]["t2i_R@1"] <= 100
+    fit = (tmp_path / "work" / "bench" / "longer" / "train_fit.csv").read_text().splitlines()
+    assert fit[0] == "image,caption,keywords" and fit[1].endswith(', colour"')  # the extra caption travels along
+    (ckpt,) = (tmp_path / "work" / "bench" / "longer" / "toolkit-seed0" / "checkpoints").glob("step_*")
+    vocab = (ckpt / "tokenizer.json").read_text()
+    assert '"Ġcolour"' in vocab  # and was trained on: the learned vocabulary holds its word
     text = md.read_text()
-    assert "| base: `(the config)` |" in text and "| longer: `train.epochs=4 model.patch_dropout=0.5` |" in text
+    assert "| base: `(the config)` |" in text
+    assert "| longer: `train.epochs=4 model.patch_dropout=0.5 data.caption_key=caption,keywords` |" in text
     first = text.split("| base:")[1].splitlines()[0]
     assert ("(1.00×)" if base["val"]["t2i_R@1"] else "(–)") in first  # the first row is the denominator
 
@@ -156,3 +166,29 @@ def test_quality_summary_divides_every_row_by_the_peer_mean(tmp_path):
     assert "| 40 | 0, 1 |" in best_row and "**20.00** (1.82×)" in best_row  # one row: the two seeds' mean
     assert "| 20.00 (1.82×) |" in best_row and "| 0.56 |" in best_row  # 11%: at 200 s and 244 s, median 222 of 400
     assert len(text.splitlines()) == 5
+
+
+def test_icon_keywords_adds_the_packs_tags_as_a_second_caption(tmp_path):
+    """scripts/icon_keywords.py against a real tar.gz laid out like the tabler-icons npm pack."""
+    import io
+    import tarfile
+
+    from scripts import icon_keywords
+
+    data = tmp_path / "icons"
+    (data / "npm").mkdir(parents=True)
+    icons = {"alarm-plus": {"tags": ["clock", "wake-up", "clock"]}, "abc": {"tags": []}}
+    blob = json.dumps(icons).encode()
+    with tarfile.open(data / "npm" / "tabler-icons-9.9.9.tgz", "w:gz") as tar:
+        info = tarfile.TarInfo(icon_keywords.MEMBER)
+        info.size = len(blob)
+        tar.addfile(info, io.BytesIO(blob))
+    (data / "train.csv").write_text("image,caption,in_test\ntabler/alarm-plus.png,alarm plus,1\n"
+                                    "tabler/abc.png,abc,0\ntabler/zzz-top.png,zzz top,0\n")
+    icon_keywords.main([str(data)])
+    icon_keywords.main([str(data)])  # again: the same column, not a second one
+    lines = (data / "train.csv").read_text().splitlines()
+    assert lines == ["image,caption,in_test,keywords", 'tabler/alarm-plus.png,alarm plus,1,"clock, wake up"',
+                     "tabler/abc.png,abc,0,abc", "tabler/zzz-top.png,zzz top,0,zzz top"]
+    fit = bq.write_table(tmp_path / "fit.csv", ([str(data / "tabler/abc.png")], ["abc"]), bq.read_columns(data, "train"))
+    assert fit.read_text().splitlines()[1] == f"{data / 'tabler/abc.png'},abc,0,abc"

@@ -65,6 +65,10 @@ def summary(pairs: list[tuple[str, Path]]) -> str:
     for bench, results in by_bench.items():
         if PEER not in results[0]["runs"]:
             raise SystemExit(f"the first results file of {bench} has no {PEER} runs to divide by")
+        same = lambda runs: [(r["seed"], r["setting"], r["test"]) for r in runs]
+        if any(PEER in r["runs"] and same(r["runs"][PEER]) != same(results[0]["runs"][PEER]) for r in results[1:]):
+            raise SystemExit(f"the results files of {bench} hold different {PEER} runs: one peer divides every row "
+                             "(run the later recipes with bench_quality --peer-from the first file)")
         lines += rows_of(bench, results)
     return "\n".join(lines) + "\n"
 

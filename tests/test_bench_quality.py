@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from PIL import Image
 
@@ -166,6 +167,10 @@ def test_quality_summary_divides_every_row_by_the_peer_mean(tmp_path):
     assert "| 40 | 0, 1 |" in best_row and "**20.00** (1.82×)" in best_row  # one row: the two seeds' mean
     assert "| 20.00 (1.82×) |" in best_row and "| 0.56 |" in best_row  # 11%: at 200 s and 244 s, median 222 of 400
     assert len(text.splitlines()) == 5
+    other_peer = {"runs": {"best": best["runs"]["best"], "OpenCLIP": peer[:1]}, "search": {}}
+    (tmp_path / "d.json").write_text(json.dumps(other_peer))  # a recipe measured against another peer run
+    with pytest.raises(SystemExit, match="different OpenCLIP runs"):
+        quality_summary.summary([("icons", tmp_path / "a.json"), ("icons", tmp_path / "d.json")])
 
 
 def test_icon_keywords_adds_the_packs_tags_as_a_second_caption(tmp_path):

@@ -36,6 +36,8 @@ def one(args: argparse.Namespace) -> dict:
     args.batch, args.micro = args.batch[0], args.micro[0]
     cfg: Config = load_config(args.config, [f"train.batch_size={args.batch}", f"train.micro_batch_size={args.micro}",
                                             f"train.precision={args.precision}", f"train.device={args.device}",
+                                            # synthetic token ids: no captions to learn a vocabulary or fit a length
+                                            "model.tokenizer=byte", "model.context_length=32",
                                             *args.overrides])
     device = resolve_device(cfg.train.device, DistInfo())
     model, _ = create_model(cfg.model)

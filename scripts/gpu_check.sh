@@ -71,7 +71,7 @@ for p in $PARTS; do
       part gradcache_big 150 $PY -m scripts.bench_gradcache --device $DEV --precision $GC_PRECISION $GC_BIG \
         --steps 1 $GC_MODEL loss.chunk_size=$GC_CHUNK ;;
     cudatests)
-      part cudatests 120 $PY -m pytest -q -rs tests/test_prefetch.py tests/test_metrics.py ;;
+      part cudatests 120 $PY -m pytest -q -rs tests/data/test_prefetch.py tests/test_metrics.py ;;
     *) echo "unknown part '$p' (bench, captions, loss, gradcache, cudatests)"; status=2 ;;
   esac
 done
